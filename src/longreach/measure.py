@@ -1,0 +1,84 @@
+"""Honest measurements: wall time and the peak resident memory of a block of code.
+
+Peak RSS uses Linux's resettable high-water mark (``/proc/self/clear_refs`` then ``VmHWM``); where that
+is unavailable it samples RSS from a background thread every few milliseconds (a lower bound).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psutil
+
+_STATUS = "/proc/self/status"
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark_bytes() -> int:
+    with open(_STATUS) as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmHWM not found")
+
+
+@dataclass
+class Peak:
+    """Filled in when the ``peak_rss`` block exits."""
+
+    bytes: int = 0
+
+    @property
+    def mb(self) -> float:
+        return self.bytes / 2**20
+
+
+@contextmanager
+def peak_rss() -> Iterator[Peak]:
+    """Peak resident set size of this process during the block."""
+    peak = Peak()
+    if _reset_high_water_mark():
+        try:
+            yield peak
+        finally:
+            peak.bytes = _high_water_mark_bytes()
+        return
+    process, stop = psutil.Process(), threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.bytes = max(peak.bytes, process.memory_info().rss)
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+        peak.bytes = max(peak.bytes, process.memory_info().rss)
+
+
+class Stopwatch:
+    """``with Stopwatch() as watch: ...`` then ``watch.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

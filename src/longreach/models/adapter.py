@@ -1,0 +1,89 @@
+"""The only module that reads transformers internals (config fields, cache layer classes).
+
+Every method and backend goes through these functions, so an API change in transformers is fixed here
+once. Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of
+``cache.layers`` whose tensors live in layer attributes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def text_config(config: Any) -> Any:
+    """The decoder config (multimodal configs nest it under ``text_config``)."""
+    return getattr(config, "text_config", None) or config
+
+
+def uses_rope(config: Any) -> bool:
+    """True when positions enter through rotary embeddings (then no hard length limit exists)."""
+    cfg = text_config(config)
+    return bool(getattr(cfg, "rope_parameters", None)) or hasattr(cfg, "rope_theta")
+
+
+def native_context_length(config: Any) -> int:
+    """The window the model was trained for (``max_position_embeddings`` or its older aliases)."""
+    cfg = text_config(config)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"config of model_type {getattr(cfg, 'model_type', '?')!r} names no context length")
+
+
+def hard_max_length(config: Any) -> int | None:
+    """Longest input the model can run at all: None for RoPE models, the position table size otherwise."""
+    return None if uses_rope(config) else native_context_length(config)
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes one token adds to a full (uncompressed) KV cache: 2 x layers x kv_heads x head_dim x itemsize."""
+    cfg = text_config(config)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for value in vars(obj).values():
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Every tensor a transformers cache holds (keys, values, quantized payloads, scales...)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"unsupported cache type {type(cache).__name__}: expected a transformers Cache")
+    return [t for layer in layers for t in _tensors_in(layer)]
+
+
+def physical_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (views share storage)."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def cache_bytes(cache: Any) -> int:
+    """Physical bytes of a KV cache: what the tensors occupy, not a count of logical tokens."""
+    return physical_bytes(cache_tensors(cache))
+
+
+def forward(model: Any, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 1) -> tuple[torch.Tensor, Any]:
+    """One forward pass with a KV cache: returns (logits of the last ``logits_to_keep`` positions, cache).
+
+    transformers 5.24 names the cache argument and output ``cache`` (``past_key_values`` before).
+    """
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+    return out.logits, out.cache

@@ -1,0 +1,77 @@
+"""PNG figures: a depth x length heatmap per (task, method) and accuracy-vs-length curves per task."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from longreach.report.aggregate import Point  # noqa: E402
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a task or method spec."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
+
+
+def tokens_label(length: int) -> str:
+    if length % (1024 * 1024) == 0:
+        return f"{length // (1024 * 1024)}M"
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
+
+
+def heatmap(
+    scores: dict[tuple[int, float | None], float], task: str, method: str, native: int | None, path: Path
+) -> Path:
+    """Score by (depth, length): rows are depths (0 at the top), columns lengths; red 0 .. green 1."""
+    lengths = sorted({length for length, _ in scores})
+    depths = sorted({depth for _, depth in scores}, key=lambda d: -1.0 if d is None else d)
+    grid = [[scores.get((length, depth), float("nan")) for length in lengths] for depth in depths]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [tokens_label(x) + ("*" if native and x > native else "") for x in lengths])
+    ax.set_yticks(range(len(depths)), ["-" if d is None else f"{d:g}" for d in depths])
+    ax.set_xlabel("context length (tokens; * beyond the native window)")
+    ax.set_ylabel("needle depth")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value == value:  # not NaN
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"{task} | {method}", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves(
+    points: dict[tuple[str, str, int], Point], task: str, native: int | None, threshold: float, path: Path
+) -> Path:
+    """Mean score vs length, one line per method, with the threshold and the native window marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    methods = sorted({method for (t, method, _) in points if t == task})
+    for method in methods:
+        line = sorted((length, p.score) for (t, m, length), p in points.items() if t == task and m == method)
+        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
+    lengths = sorted({length for (t, _, length) in points if t == task})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
+    ax.minorticks_off()
+    ax.set_ylim(-0.05, 1.05)
+    ax.axhline(threshold, color="gray", linestyle=":", linewidth=1, label=f"threshold {threshold:g}")
+    if native and lengths and native <= max(lengths):
+        ax.axvline(native, color="gray", linestyle="--", linewidth=1, label=f"native window {tokens_label(native)}")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("mean score")
+    ax.set_title(task, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,45 @@
+"""``longreach generate``: write the instances a sweep would run to a JSONL file (tokenizer only, no weights).
+
+Each line holds ``context``, ``question`` and ``answers`` (so ``jsonl:FILE`` reads it back into the same
+prompts), the coordinates, the scoring rule and the generator's metadata, and a canary string so leaks
+of these files into training data can be detected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from longreach.errors import LongreachError
+from longreach.models import load_tokenizer, resolve
+from longreach.runner.plan import Plan, SweepConfig
+
+CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
+
+
+def export_instances(config: SweepConfig, path: Path) -> int:
+    """Write every (task, length, depth, index) instance of ``config`` to ``path``; returns the count."""
+    plan = Plan.from_config(config)
+    tokenizer = load_tokenizer(resolve(config.model))
+    tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
+    cells = [cell for cell in plan.cells() if cell.method == plan.stacks[0].repr]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for cell in cells:
+            try:
+                sample = tasks[cell.task].generate(tokenizer, cell.context_length, cell.depth or 0.0,
+                                                   config.seed, cell.index)
+            except LongreachError as exc:
+                raise LongreachError(f"{cell.task} at {cell.context_length} tokens: {exc}") from None
+            line = {
+                "task": cell.task, "context_length": cell.context_length, "depth": cell.depth,
+                "index": cell.index, "seed": config.seed, "model": config.model,
+                "context": sample.context, "question": sample.question, "answers": list(sample.answers),
+                "match": sample.meta.get("match", "all"), "max_new_tokens": sample.max_new_tokens,
+                "stop": list(sample.stop), "meta": sample.meta, "canary": CANARY,
+            }
+            handle.write(json.dumps(line) + "\n")
+    os.replace(partial, path)
+    return len(cells)

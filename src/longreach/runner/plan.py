@@ -1,0 +1,97 @@
+"""A sweep's configuration and its cells: tasks x methods x lengths x depths x samples."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from longreach.errors import LongreachError
+from longreach.methods import MethodStack, parse_stack
+from longreach.models import DTYPES
+from longreach.runner.store import Cell
+from longreach.tasks import ParsedTask, parse_tasks
+
+_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """``"1k,2k,4096,1m"`` -> (1024, 2048, 4096, 1048576); k = 1024 tokens, m = 1024k."""
+    lengths = []
+    for item in (part.strip() for part in text.split(",")):
+        match = _LENGTH.match(item)
+        if not match:
+            raise LongreachError(f"bad length {item!r}: use token counts like 4096, 4k or 1m, comma-separated")
+        scale = {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+        value = float(match.group(1)) * scale
+        if value != int(value) or value < 1:
+            raise LongreachError(f"bad length {item!r}: it must be a whole number of tokens >= 1")
+        lengths.append(int(value))
+    return tuple(sorted(set(lengths)))
+
+
+def parse_depths(text: str) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> (0.0, 0.5, 1.0); each depth must lie in [0, 1]."""
+    depths = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            value = float(item)
+        except ValueError:
+            raise LongreachError(f"bad depth {item!r}: use numbers in [0, 1], comma-separated") from None
+        if not 0.0 <= value <= 1.0:
+            raise LongreachError(f"depth {item} is outside [0, 1] (0 = start of the context, 1 = its end)")
+        depths.append(value)
+    return tuple(sorted(set(depths)))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; flat, so it round-trips through the CLI and the store."""
+
+    model: str
+    tasks: tuple[str, ...]
+    lengths: tuple[int, ...]
+    out: Path
+    methods: tuple[str, ...] = ("none",)
+    depths: tuple[float, ...] = (0.5,)
+    samples: int = 1
+    seed: int = 0
+    dtype: str = "bf16"
+    resume: bool = False
+    threshold: float = 0.85
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Parsed tasks and method stacks (validated before any model is loaded) and the cells they span."""
+
+    tasks: list[ParsedTask]
+    stacks: list[MethodStack]
+    config: SweepConfig
+
+    @classmethod
+    def from_config(cls, config: SweepConfig) -> Plan:
+        if config.samples < 1:
+            raise LongreachError(f"--samples must be >= 1; got {config.samples}")
+        if not config.lengths:
+            raise LongreachError("give at least one length, e.g. --lengths 1k,2k")
+        if config.dtype not in DTYPES:
+            raise LongreachError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+        if not 0.0 < config.threshold <= 1.0:
+            raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
+        tasks = parse_tasks(",".join(config.tasks))
+        stacks = list({stack.repr: stack for stack in map(parse_stack, config.methods)}.values())
+        return cls(tasks=tasks, stacks=stacks, config=config)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, grouped by method, then task, length, depth and sample index."""
+        c = self.config
+        cells = []
+        for stack, parsed in itertools.product(self.stacks, self.tasks):
+            depths: tuple[float | None, ...] = c.depths if parsed.task.uses_depth else (None,)
+            available = parsed.task.num_instances()
+            samples = c.samples if available is None else min(c.samples, available)
+            for length, depth, index in itertools.product(c.lengths, depths, range(samples)):
+                cells.append(Cell(parsed.spec, stack.repr, length, depth, index))
+        return cells

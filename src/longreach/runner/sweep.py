@@ -1,0 +1,173 @@
+"""Run a sweep: validate everything cheap first, load the model once, run each unfinished cell, store it.
+
+Order of checks, so mistakes cost seconds: specs (no I/O) -> model files and tokenizer -> one sample per
+(task, length) fits -> weights -> lengths the model can hold. Cells already stored as ``ok`` are skipped
+on ``resume``; a failing cell is stored as ``error`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from longreach.backends import Backend, HFBackend, Request
+from longreach.errors import LongreachError
+from longreach.models import LoadedModel, load_model, load_tokenizer, resolve
+from longreach.runner.plan import Plan, SweepConfig
+from longreach.runner.provenance import provenance
+from longreach.runner.store import STORE_NAME, Cell, CellResult, ResultsStore
+from longreach.tasks import Task
+
+# Settings that must match for a resumed run to mix with the stored cells.
+_IDENTITY = ("model", "dtype", "seed")
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    out: Path
+    planned: int
+    skipped: int
+    ran: int
+    failed: int
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    show_progress: bool = True,
+    loader: Callable[[str, str], LoadedModel] = load_model,
+    backend_factory: Callable[[LoadedModel], Backend] = HFBackend,
+) -> SweepSummary:
+    """Run every unfinished cell of ``config`` into ``config.out/results.sqlite`` and render the report."""
+    from longreach.report import render_report
+
+    plan = Plan.from_config(config)
+    cells = plan.cells()
+    tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
+    stacks = {stack.repr: stack for stack in plan.stacks}
+    finished = _check_resume(config)
+    todo = [cell for cell in cells if cell.key not in finished]
+    tokenizer = load_tokenizer(resolve(config.model))
+    _check_lengths_fit(plan, tokenizer)
+    console = Console(stderr=True, quiet=not show_progress)
+    failed = 0
+    if todo:
+        with console.status(f"loading {config.model} ({config.dtype})"):
+            loaded = loader(config.model, config.dtype)
+        _check_capacity(loaded, todo)
+        with ResultsStore(config.out) as store:
+            _store_run_meta(store, config, loaded)
+            failed = _run_cells(todo, tasks, stacks, backend_factory(loaded), store, config, console)
+    render_report(config.out, threshold=config.threshold)
+    return SweepSummary(config.out, len(cells), len(cells) - len(todo), len(todo), failed)
+
+
+def _check_resume(config: SweepConfig) -> set[str]:
+    """Keys of the cells already finished in ``config.out`` (empty for a new folder)."""
+    if not (config.out / STORE_NAME).is_file():
+        return set()
+    with ResultsStore(config.out) as store:
+        stored = store.meta().get("config") or {}
+        if store.count() and not config.resume:
+            raise LongreachError(
+                f"{config.out} already holds results; pass --resume to continue it or pick a new --out"
+            )
+        for key in _IDENTITY:
+            if key in stored and stored[key] != getattr(config, key):
+                raise LongreachError(
+                    f"cannot resume {config.out}: it was run with {key}={stored[key]!r}, not "
+                    f"{getattr(config, key)!r}; use the same {key} or a new --out"
+                )
+        return store.finished_keys()
+
+
+def _check_lengths_fit(plan: Plan, tokenizer: Any) -> None:
+    """Generate one sample per (task, length) so an impossible length fails before the weights load."""
+    depth = plan.config.depths[0]
+    for parsed in plan.tasks:
+        for length in plan.config.lengths:
+            try:
+                parsed.task.generate(tokenizer, length, depth, plan.config.seed, 0)
+            except LongreachError as exc:
+                raise LongreachError(f"{parsed.spec} at {length} tokens: {exc}") from None
+
+
+def _check_capacity(loaded: LoadedModel, cells: list[Cell]) -> None:
+    """Refuse lengths the model cannot run at all: past an absolute position table, or beyond memory."""
+    longest = max(cells, key=lambda cell: cell.context_length)
+    budget = 128  # generation tokens on top of the prompt
+    if loaded.hard_max_length is not None and longest.context_length + budget > loaded.hard_max_length:
+        raise LongreachError(
+            f"{loaded.name} has absolute positions up to {loaded.hard_max_length} tokens; "
+            f"{longest.context_length} tokens cannot run. Use lengths <= {loaded.hard_max_length - budget}"
+        )
+    need = loaded.kv_bytes_per_token * (longest.context_length + budget)
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise LongreachError(
+            f"{longest.context_length} tokens need {need / 2**30:.1f} GiB of KV cache for {loaded.name} "
+            f"({loaded.dtype}); {available / 2**30:.1f} GiB is available. Use shorter lengths or a cache method"
+        )
+
+
+def _store_run_meta(store: ResultsStore, config: SweepConfig, loaded: LoadedModel) -> None:
+    meta = store.meta()
+    flat = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+    updates: dict[str, Any] = {"config": flat, "threshold": config.threshold}
+    if "provenance" not in meta:
+        updates["provenance"] = provenance(
+            loaded.name, loaded.source, loaded.native_context_length, loaded.dtype, config.seed
+        )
+    store.set_meta(**updates)
+
+
+def _cost(cell: Cell) -> float:
+    """Relative cost of a cell for the ETA: linear layers plus (causal) attention's quadratic part."""
+    return cell.context_length * (1.0 + cell.context_length / 16384)
+
+
+def _run_cells(
+    todo: list[Cell], tasks: dict[str, Task], stacks: dict[str, Any], backend: Backend, store: ResultsStore,
+    config: SweepConfig, console: Console,
+) -> int:
+    failed = 0
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[cells]} cells"), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("sweep", total=sum(map(_cost, todo)) or 1, done=0, cells=len(todo))
+        for done, cell in enumerate(todo, start=1):
+            depth = "-" if cell.depth is None else f"{cell.depth:g}"
+            progress.update(bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]")
+            result = _run_cell(cell, tasks[cell.task], stacks[cell.method], backend, config.seed)
+            store.record(result)
+            if result.status == "error":
+                failed += 1
+                progress.console.print(f"[red]cell failed[/red] {cell.key}: {result.error}")
+            progress.update(bar, advance=_cost(cell), done=done)
+    return failed
+
+
+def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -> CellResult:
+    try:
+        sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index)
+        generation = backend.generate([Request(sample.prompt, sample.max_new_tokens, sample.stop)], stack)[0]
+        score = task.score(sample, generation.text)
+    except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
+        return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")
+    meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth")}
+    return CellResult(
+        cell, "ok", score=score, seconds=generation.seconds, prefill_seconds=generation.prefill_seconds,
+        peak_rss_mb=generation.peak_rss_mb, kv_cache_bytes=generation.kv_cache_bytes,
+        realized_tokens=generation.prompt_tokens, realized_depth=sample.meta.get("realized_depth"),
+        new_tokens=generation.new_tokens, prediction=generation.text, answers=list(sample.answers), meta=meta,
+    )

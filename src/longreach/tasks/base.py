@@ -1,0 +1,96 @@
+"""The Task abstraction: a pure generator of exact-length samples plus a scorer.
+
+``generate(tokenizer, context_length, depth, seed, index) -> Sample`` and ``score(sample, prediction)``
+in [0, 1]. No I/O at generation time beyond what a task was built from, no globals: every sample draws
+from its own RNG (see :mod:`longreach.tasks.rng`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from longreach import params
+from longreach.errors import LongreachError
+from longreach.registry import Registry
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test instance. The backend reads ``prompt`` = ``context + question``.
+
+    ``context`` is what a question-agnostic method may see (and compress) before the question;
+    ``question`` ends with the answer prefix the model continues from.
+    ``meta`` holds realized_tokens, needle_token_offsets, realized_depth and generator details.
+    """
+
+    task: str
+    context: str
+    question: str
+    answers: tuple[str, ...]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def prompt(self) -> str:
+        return self.context + self.question
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: a frozen dataclass whose fields are the task's knobs (set from the spec string)."""
+
+    family: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    uses_depth: ClassVar[bool] = True
+
+    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+        raise NotImplementedError
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        raise NotImplementedError
+
+    def num_instances(self) -> int | None:
+        """How many distinct instances exist (None: unlimited, generated on demand)."""
+        return None
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A registered task name: a family class plus the knob values that define the variant."""
+
+    family: type[Task]
+    defaults: dict[str, Any]
+    summary: str
+
+
+TASKS: Registry[TaskEntry] = Registry("task")
+
+
+@dataclass(frozen=True)
+class ParsedTask:
+    """A task instance together with its canonical spec (the ``task`` coordinate of results)."""
+
+    spec: str
+    task: Task
+
+
+def parse_task(spec: str) -> ParsedTask:
+    """``"niah_multikey_1:haystack=noise"`` -> the variant's task with that knob changed."""
+    name, args = params.split_spec(spec)
+    entry = TASKS.get(name)
+    task = params.build(entry.family, name, args, defaults=entry.defaults)
+    return ParsedTask(spec=params.canonical(name, task, entry.defaults), task=task)
+
+
+def parse_tasks(text: str) -> list[ParsedTask]:
+    """A comma-separated list of task specs; duplicates are dropped, order is kept."""
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise LongreachError(f"no task given in {text!r}; see `longreach tasks`")
+    parsed: dict[str, ParsedTask] = {}
+    for spec in specs:
+        item = parse_task(spec)
+        parsed.setdefault(item.spec, item)
+    return list(parsed.values())

@@ -1,0 +1,60 @@
+"""Haystack filler: the repeated noise sentence, or generated prose that copies no text.
+
+Filler is a stream of *units* (sentences); the length fitter takes as many as the target needs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+from longreach.tasks.words import word_list
+
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+_TEMPLATES = (
+    "The {adj} {person} {verb} the {noun} {time}.",
+    "A {adj} {noun} stood beside the {noun2}, and the {person} {verb} it {time}.",
+    "{Time}, the {person} {verb} a {adj} {noun} near the old {noun2}.",
+    "Nobody remembers who {verb} the {adj} {noun} by the {noun2}.",
+    "The {noun} was {adj} and the {noun2} was {adj2}.",
+    "Every {person} in the village {verb} the {noun} at least once.",
+    "Somewhere past the {noun}, a {adj} {person} {verb} a {noun2} {time}.",
+)
+
+
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])")
+
+
+def prose_sentence(rng: random.Random) -> str:
+    """One grammatical, meaningless sentence from the vendored word lists."""
+    time = rng.choice(word_list("times"))
+    sentence = rng.choice(_TEMPLATES).format(
+        adj=rng.choice(word_list("adjectives")),
+        adj2=rng.choice(word_list("adjectives")),
+        noun=rng.choice(word_list("nouns")),
+        noun2=rng.choice(word_list("nouns")),
+        person=rng.choice(word_list("people")),
+        verb=rng.choice(word_list("verbs")),
+        time=time,
+        Time=time[0].upper() + time[1:],
+    )
+    return _ARTICLE.sub(r"\1n ", sentence)
+
+
+def noise_units(rng: random.Random) -> Callable[[int], str]:
+    """The noise haystack: every unit is the same sentence group."""
+    return lambda i: NOISE
+
+
+def prose_units(rng: random.Random) -> Callable[[int], str]:
+    """Generated prose; unit ``i`` is fixed once drawn, so re-rendering is consistent."""
+    drawn: list[str] = []
+
+    def unit(i: int) -> str:
+        while len(drawn) <= i:
+            drawn.append(prose_sentence(rng))
+        return drawn[i]
+
+    return unit

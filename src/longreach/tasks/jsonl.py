@@ -1,0 +1,128 @@
+"""``jsonl:PATH``: a user's own instances, one JSON object a line with ``context``, ``question``, ``answers``.
+
+Optional per line: ``match`` (``any``: an alias suffices, the default; ``all``: every item is needed),
+``max_new_tokens``, ``id``. Instance ``index`` is line ``index`` (blank lines skipped). A prompt longer
+than the requested length has the middle of its context cut so it is exactly that long (LongBench's
+policy; recorded as ``truncated_tokens``); a shorter one is used as is (``realized_tokens`` says so).
+Files written by ``longreach generate`` read back into the same prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from longreach import tokens
+from longreach.errors import LongreachError
+from longreach.tasks import scoring
+from longreach.tasks.base import Sample, Task
+from longreach.tasks.fitting import LengthFitError
+
+
+@functools.cache
+def read_instances(path: str) -> tuple[dict[str, Any], ...]:
+    """Parse and validate every line; the first bad line raises with its line number."""
+    file = Path(path)
+    if not file.is_file():
+        raise LongreachError(f"jsonl: no such file {path!r}")
+    rows = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                rows.append(_parse_line(line, f"{path} line {number}"))
+    if not rows:
+        raise LongreachError(f"jsonl: {path} holds no instances")
+    return tuple(rows)
+
+
+def _parse_line(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LongreachError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise LongreachError(f"{where}: expected a JSON object with context, question, answers")
+    for key in ("context", "question"):
+        if not isinstance(row.get(key), str):
+            raise LongreachError(f"{where}: {key!r} must be a string")
+    answers = row.get("answers")
+    if isinstance(answers, str):
+        row["answers"] = [answers]
+    elif not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+        raise LongreachError(f"{where}: 'answers' must be a string or a non-empty list of strings")
+    if row.get("match", "any") not in ("any", "all"):
+        raise LongreachError(f"{where}: 'match' must be 'any' or 'all'; got {row['match']!r}")
+    return row
+
+
+def join(context: str, question: str) -> tuple[str, str]:
+    """Context and question as the model reads them: a blank line between them unless one has a break."""
+    if context and question and not context[-1].isspace() and not question[0].isspace():
+        question = "\n\n" + question
+    return context, question
+
+
+@dataclass(frozen=True)
+class JsonlTask(Task):
+    """Instances from a JSONL file."""
+
+    path: str = field(default="", metadata={"help": "the JSONL file (one instance a line)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "generation budget when a line sets none"})
+
+    family: ClassVar[str] = "jsonl"
+    summary: ClassVar[str] = "your own instances: jsonl:PATH, lines with context, question, answers"
+    uses_depth: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise LongreachError("jsonl: give a file, e.g. jsonl:data.jsonl")
+        read_instances(self.path)
+
+    def num_instances(self) -> int | None:
+        return len(read_instances(self.path))
+
+    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+        rows = read_instances(self.path)
+        if not 0 <= index < len(rows):
+            raise LongreachError(f"jsonl: {self.path} has {len(rows)} instances; index {index} is out of range")
+        row = rows[index]
+        context, question = join(row["context"], row["question"])
+        context, cut = _fit_middle(tokenizer, context, question, context_length)
+        meta = {k: v for k, v in row.items() if k not in ("context", "question", "answers")}
+        meta.update(realized_tokens=tokens.count(tokenizer, context + question), truncated_tokens=cut,
+                    match=row.get("match", "any"), line_index=index)
+        return Sample(
+            task="jsonl", context=context, question=question, answers=tuple(row["answers"]),
+            max_new_tokens=int(row.get("max_new_tokens", self.max_new_tokens)), stop=(), meta=meta,
+        )
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        if sample.meta.get("match") == "all":
+            return scoring.match_all(sample.answers, prediction)
+        return scoring.match_any(sample.answers, prediction)
+
+
+def _fit_middle(tokenizer: Any, context: str, question: str, limit: int) -> tuple[str, int]:
+    """Cut tokens from the middle of ``context`` until the prompt has ``limit`` tokens (at most)."""
+    total = tokens.count(tokenizer, context + question)
+    if total <= limit:
+        return context, 0
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    cut, best = total - limit, None
+    for _ in range(16):
+        keep = len(ids) - cut
+        if keep <= 0:
+            break
+        shorter = tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
+        excess = tokens.count(tokenizer, shorter + question) - limit
+        if excess <= 0:
+            best = (shorter, cut)
+        if excess == 0:
+            break
+        cut += excess
+    if best is None:
+        raise LengthFitError(f"jsonl: the question alone does not fit in {limit} tokens")
+    return best
