@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import NoArgsIsHelpError
 
 from longreach import params
 from longreach.errors import LongreachError
@@ -24,7 +24,9 @@ from longreach.runner.export import export_instances
 from longreach.tasks import TASKS
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Measure how far a language model can read, and make it read further.",
 )
 out = Console()
@@ -54,9 +56,17 @@ def eval_command(
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
-        model=model, tasks=tuple(task.split(",")), lengths=parse_lengths(lengths), out=out_dir,
-        methods=tuple(method), depths=parse_depths(depths), samples=samples, seed=seed, dtype=dtype,
-        resume=resume, threshold=threshold,
+        model=model,
+        tasks=tuple(task.split(",")),
+        lengths=parse_lengths(lengths),
+        out=out_dir,
+        methods=tuple(method),
+        depths=parse_depths(depths),
+        samples=samples,
+        seed=seed,
+        dtype=dtype,
+        resume=resume,
+        threshold=threshold,
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)
@@ -92,8 +102,13 @@ def generate_command(
 ) -> int:
     """Write the instances an eval with the same flags would run (one JSON object a line)."""
     config = SweepConfig(
-        model=model, tasks=tuple(task.split(",")), lengths=parse_lengths(lengths), out=out_file.parent,
-        depths=parse_depths(depths), samples=samples, seed=seed,
+        model=model,
+        tasks=tuple(task.split(",")),
+        lengths=parse_lengths(lengths),
+        out=out_file.parent,
+        depths=parse_depths(depths),
+        samples=samples,
+        seed=seed,
     )
     count = export_instances(config, out_file)
     out.print(f"{count} instances written to {out_file}")
@@ -105,7 +120,9 @@ def models_command() -> int:
     """List the model zoo (local paths to HF directories and .gguf files work too)."""
     table = Table("name", "native window", "description", "installed")
     for name, entry in ZOO.items():
-        table.add_row(name, str(entry.native_context_length), entry.summary, "yes" if entry.installed() else entry.install)
+        table.add_row(
+            name, str(entry.native_context_length), entry.summary, "yes" if entry.installed() else entry.install
+        )
     out.print(table)
     return 0
 

@@ -51,8 +51,14 @@ def parse_values(cls: type, name: str, args: list[str]) -> dict[str, Any]:
 def build(cls: type[D], name: str, args: list[str], defaults: dict[str, Any] | None = None) -> D:
     """Instantiate dataclass ``cls`` from spec arguments on top of ``defaults`` (a variant's knobs)."""
     values = {**(defaults or {}), **parse_values(cls, name, args)}
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise LongreachError(f"{name}: missing required parameter {missing[0]!r} (e.g. {name}:{missing[0]}=VALUE)")
     return cls(**values)
@@ -84,7 +90,9 @@ def convert(raw: str, hint: Any, where: str) -> Any:
         try:
             return hint(raw)
         except ValueError:
-            raise LongreachError(f"{where} must be {'an integer' if hint is int else 'a number'}; got {raw!r}") from None
+            raise LongreachError(
+                f"{where} must be {'an integer' if hint is int else 'a number'}; got {raw!r}"
+            ) from None
     return raw
 
 

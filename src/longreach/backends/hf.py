@@ -57,8 +57,13 @@ class HFBackend:
             kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
             seconds = time.perf_counter() - start
         return Generation(
-            text=text, prompt_tokens=ids.shape[1], new_tokens=len(new_ids), seconds=seconds,
-            prefill_seconds=prefill_seconds, peak_rss_mb=peak.mb, kv_cache_bytes=kv_bytes,
+            text=text,
+            prompt_tokens=ids.shape[1],
+            new_tokens=len(new_ids),
+            seconds=seconds,
+            prefill_seconds=prefill_seconds,
+            peak_rss_mb=peak.mb,
+            kv_cache_bytes=kv_bytes,
         )
 
 

@@ -80,7 +80,9 @@ def cache_bytes(cache: Any) -> int:
     return physical_bytes(cache_tensors(cache))
 
 
-def forward(model: Any, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 1) -> tuple[torch.Tensor, Any]:
+def forward(
+    model: Any, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 1
+) -> tuple[torch.Tensor, Any]:
     """One forward pass with a KV cache: returns (logits of the last ``logits_to_keep`` positions, cache).
 
     transformers 5.24 names the cache argument and output ``cache`` (``past_key_values`` before).

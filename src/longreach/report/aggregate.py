@@ -30,8 +30,11 @@ def _point(rows: list[dict[str, Any]]) -> Point:
         return statistics.median(r[key] for r in rows)
 
     return Point(
-        score=statistics.fmean(r["score"] for r in rows), n=len(rows), seconds=median("seconds"),
-        prefill_seconds=median("prefill_seconds"), peak_rss_mb=max(r["peak_rss_mb"] for r in rows),
+        score=statistics.fmean(r["score"] for r in rows),
+        n=len(rows),
+        seconds=median("seconds"),
+        prefill_seconds=median("prefill_seconds"),
+        peak_rss_mb=max(r["peak_rss_mb"] for r in rows),
         kv_cache_bytes=median("kv_cache_bytes"),
     )
 

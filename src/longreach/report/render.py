@@ -20,8 +20,21 @@ from longreach.runner.store import ResultsStore
 
 SCHEMA_VERSION = 1
 _CELL_FIELDS = (
-    "task", "method", "context_length", "depth", "index", "score", "seconds", "prefill_seconds", "peak_rss_mb",
-    "kv_cache_bytes", "realized_tokens", "realized_depth", "new_tokens", "prediction", "answers",
+    "task",
+    "method",
+    "context_length",
+    "depth",
+    "index",
+    "score",
+    "seconds",
+    "prefill_seconds",
+    "peak_rss_mb",
+    "kv_cache_bytes",
+    "realized_tokens",
+    "realized_depth",
+    "new_tokens",
+    "prediction",
+    "answers",
 )
 
 
@@ -55,7 +68,10 @@ def render_report(folder: Path, threshold: float | None = None) -> Path:
 
 
 def _figures(
-    folder: Path, rows: list[dict[str, Any]], points: dict[tuple[str, str, int], Point], native: int | None,
+    folder: Path,
+    rows: list[dict[str, Any]],
+    points: dict[tuple[str, str, int], Point],
+    native: int | None,
     threshold: float,
 ) -> dict[str, list[str]]:
     depth_scores = by_depth(rows)
@@ -72,8 +88,12 @@ def _figures(
 
 
 def _json_document(
-    provenance: dict[str, Any], threshold: float, native: int | None, rows: list[dict[str, Any]],
-    points: dict[tuple[str, str, int], Point], effective: dict[str, dict[str, int | None]],
+    provenance: dict[str, Any],
+    threshold: float,
+    native: int | None,
+    rows: list[dict[str, Any]],
+    points: dict[tuple[str, str, int], Point],
+    effective: dict[str, dict[str, int | None]],
     figures: dict[str, list[str]],
 ) -> dict[str, Any]:
     def beyond(length: int) -> bool:
@@ -81,26 +101,37 @@ def _json_document(
 
     cells = [
         {**{k: row[k] for k in _CELL_FIELDS}, "beyond_native_window": beyond(row["context_length"])}
-        for row in rows if row["status"] == "ok"
+        for row in rows
+        if row["status"] == "ok"
     ]
     failed = [
         {k: row[k] for k in ("task", "method", "context_length", "depth", "index", "error")}
-        for row in rows if row["status"] == "error"
+        for row in rows
+        if row["status"] == "error"
     ]
     summary = [
         {"task": t, "method": m, "context_length": length, **asdict(p), "beyond_native_window": beyond(length)}
         for (t, m, length), p in points.items()
     ]
     return {
-        "schema_version": SCHEMA_VERSION, "provenance": provenance, "threshold": threshold,
-        "native_context_length": native, "cells": cells, "effective_length": effective, "summary": summary,
-        "failed_cells": failed, "figures": figures,
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance,
+        "threshold": threshold,
+        "native_context_length": native,
+        "cells": cells,
+        "effective_length": effective,
+        "summary": summary,
+        "failed_cells": failed,
+        "figures": figures,
     }
 
 
 def _tables(
-    points: dict[tuple[str, str, int], Point], effective: dict[str, dict[str, int | None]],
-    rows: list[dict[str, Any]], native: int | None, threshold: float,
+    points: dict[tuple[str, str, int], Point],
+    effective: dict[str, dict[str, int | None]],
+    rows: list[dict[str, Any]],
+    native: int | None,
+    threshold: float,
 ) -> list[Table]:
     lengths = sorted({length for (_, _, length) in points})
     label = {x: plots.tokens_label(x) + ("*" if native and x > native else "") for x in lengths}
@@ -108,8 +139,8 @@ def _tables(
         "Mean score by length",
         ["task", "method"] + [label[x] for x in lengths],
         [
-            [task, method] + [f"{points[(task, method, x)].score:.2f}" if (task, method, x) in points else ""
-                              for x in lengths]
+            [task, method]
+            + [f"{points[(task, method, x)].score:.2f}" if (task, method, x) in points else "" for x in lengths]
             for task, method in sorted({(t, m) for (t, m, _) in points})
         ],
         "* beyond the model's native window" if any("*" in v for v in label.values()) else "",
@@ -128,12 +159,16 @@ def _tables(
     tables = [scores, eff, costs]
     failed = [r for r in rows if r["status"] == "error"]
     if failed:
-        tables.append(Table(
-            f"Failed cells ({len(failed)}; rerun with --resume to retry)",
-            ["task", "method", "length", "depth", "index", "error"],
-            [[r["task"], r["method"], str(r["context_length"]), str(r["depth"]), str(r["index"]), r["error"]]
-             for r in failed],
-        ))
+        tables.append(
+            Table(
+                f"Failed cells ({len(failed)}; rerun with --resume to retry)",
+                ["task", "method", "length", "depth", "index", "error"],
+                [
+                    [r["task"], r["method"], str(r["context_length"]), str(r["depth"]), str(r["index"]), r["error"]]
+                    for r in failed
+                ],
+            )
+        )
     return tables
 
 
@@ -144,11 +179,17 @@ def _cost_rows(points: dict[tuple[str, str, int], Point]) -> list[list[str]]:
     rows = []
     for (method, length), group in sorted(merged.items()):
         n = sum(p.n for p in group)
-        rows.append([
-            method, plots.tokens_label(length), str(n),
-            f"{max(p.seconds for p in group):.2f}", f"{max(p.prefill_seconds for p in group):.2f}",
-            f"{max(p.peak_rss_mb for p in group):.0f}", f"{max(p.kv_cache_bytes for p in group) / 2**20:.1f}",
-        ])
+        rows.append(
+            [
+                method,
+                plots.tokens_label(length),
+                str(n),
+                f"{max(p.seconds for p in group):.2f}",
+                f"{max(p.prefill_seconds for p in group):.2f}",
+                f"{max(p.peak_rss_mb for p in group):.0f}",
+                f"{max(p.kv_cache_bytes for p in group) / 2**20:.1f}",
+            ]
+        )
     return rows
 
 
@@ -157,18 +198,27 @@ def _tokens_or_dash(value: int | None) -> str:
 
 
 def _provenance_line(provenance: dict[str, Any]) -> str:
-    keys = ("model", "native_context_length", "dtype", "seed", "longreach_version", "git_sha", "torch_version",
-            "transformers_version", "machine", "created_at")
+    keys = (
+        "model",
+        "native_context_length",
+        "dtype",
+        "seed",
+        "longreach_version",
+        "git_sha",
+        "torch_version",
+        "transformers_version",
+        "machine",
+        "created_at",
+    )
     return "; ".join(f"{k}: {provenance[k]}" for k in keys if k in provenance)
 
 
 def _markdown(provenance: dict[str, Any], tables: list[Table], figures: dict[str, list[str]], folder: Path) -> str:
     lines = ["# longreach report", "", _provenance_line(provenance), ""]
     for table in tables:
-        lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |",
-                  "|" + "---|" * len(table.header)]
+        lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
-        lines += ([f"", table.note] if table.note else []) + [""]
+        lines += (["", table.note] if table.note else []) + [""]
     lines += ["## Figures", ""] + [f"![{name}]({name})" for kind in ("curves", "heatmaps") for name in figures[kind]]
     return "\n".join(lines) + "\n"
 

@@ -29,16 +29,26 @@ def export_instances(config: SweepConfig, path: Path) -> int:
     with partial.open("w", encoding="utf-8") as handle:
         for cell in cells:
             try:
-                sample = tasks[cell.task].generate(tokenizer, cell.context_length, cell.depth or 0.0,
-                                                   config.seed, cell.index)
+                sample = tasks[cell.task].generate(
+                    tokenizer, cell.context_length, cell.depth or 0.0, config.seed, cell.index
+                )
             except LongreachError as exc:
                 raise LongreachError(f"{cell.task} at {cell.context_length} tokens: {exc}") from None
             line = {
-                "task": cell.task, "context_length": cell.context_length, "depth": cell.depth,
-                "index": cell.index, "seed": config.seed, "model": config.model,
-                "context": sample.context, "question": sample.question, "answers": list(sample.answers),
-                "match": sample.meta.get("match", "all"), "max_new_tokens": sample.max_new_tokens,
-                "stop": list(sample.stop), "meta": sample.meta, "canary": CANARY,
+                "task": cell.task,
+                "context_length": cell.context_length,
+                "depth": cell.depth,
+                "index": cell.index,
+                "seed": config.seed,
+                "model": config.model,
+                "context": sample.context,
+                "question": sample.question,
+                "answers": list(sample.answers),
+                "match": sample.meta.get("match", "all"),
+                "max_new_tokens": sample.max_new_tokens,
+                "stop": list(sample.stop),
+                "meta": sample.meta,
+                "canary": CANARY,
             }
             handle.write(json.dumps(line) + "\n")
     os.replace(partial, path)

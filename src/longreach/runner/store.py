@@ -125,8 +125,12 @@ class ResultsStore:
         """Write one cell and commit before returning."""
         cell = result.cell
         row = {
-            "key": cell.key, "task": cell.task, "method": cell.method, "context_length": cell.context_length,
-            "depth": cell.depth, "idx": cell.index,
+            "key": cell.key,
+            "task": cell.task,
+            "method": cell.method,
+            "context_length": cell.context_length,
+            "depth": cell.depth,
+            "idx": cell.index,
         }
         row.update({f.name: getattr(result, f.name) for f in fields(result) if f.name != "cell"})
         row["answers"] = json.dumps(row["answers"])

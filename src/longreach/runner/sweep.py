@@ -15,7 +15,14 @@ from typing import Any
 
 import psutil
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from longreach.backends import Backend, HFBackend, Request
 from longreach.errors import LongreachError
@@ -134,20 +141,31 @@ def _cost(cell: Cell) -> float:
 
 
 def _run_cells(
-    todo: list[Cell], tasks: dict[str, Task], stacks: dict[str, Any], backend: Backend, store: ResultsStore,
-    config: SweepConfig, console: Console,
+    todo: list[Cell],
+    tasks: dict[str, Task],
+    stacks: dict[str, Any],
+    backend: Backend,
+    store: ResultsStore,
+    config: SweepConfig,
+    console: Console,
 ) -> int:
     failed = 0
     columns = (
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.fields[done]}/{task.fields[cells]} cells"), TimeElapsedColumn(), TextColumn("eta"),
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[cells]} cells"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("sweep", total=sum(map(_cost, todo)) or 1, done=0, cells=len(todo))
         for done, cell in enumerate(todo, start=1):
             depth = "-" if cell.depth is None else f"{cell.depth:g}"
-            progress.update(bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]")
+            progress.update(
+                bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]"
+            )
             result = _run_cell(cell, tasks[cell.task], stacks[cell.method], backend, config.seed)
             store.record(result)
             if result.status == "error":
@@ -166,8 +184,17 @@ def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -
         return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")
     meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth")}
     return CellResult(
-        cell, "ok", score=score, seconds=generation.seconds, prefill_seconds=generation.prefill_seconds,
-        peak_rss_mb=generation.peak_rss_mb, kv_cache_bytes=generation.kv_cache_bytes,
-        realized_tokens=generation.prompt_tokens, realized_depth=sample.meta.get("realized_depth"),
-        new_tokens=generation.new_tokens, prediction=generation.text, answers=list(sample.answers), meta=meta,
+        cell,
+        "ok",
+        score=score,
+        seconds=generation.seconds,
+        prefill_seconds=generation.prefill_seconds,
+        peak_rss_mb=generation.peak_rss_mb,
+        kv_cache_bytes=generation.kv_cache_bytes,
+        realized_tokens=generation.prompt_tokens,
+        realized_depth=sample.meta.get("realized_depth"),
+        new_tokens=generation.new_tokens,
+        prediction=generation.text,
+        answers=list(sample.answers),
+        meta=meta,
     )

@@ -92,11 +92,20 @@ class JsonlTask(Task):
         context, question = join(row["context"], row["question"])
         context, cut = _fit_middle(tokenizer, context, question, context_length)
         meta = {k: v for k, v in row.items() if k not in ("context", "question", "answers")}
-        meta.update(realized_tokens=tokens.count(tokenizer, context + question), truncated_tokens=cut,
-                    match=row.get("match", "any"), line_index=index)
+        meta.update(
+            realized_tokens=tokens.count(tokenizer, context + question),
+            truncated_tokens=cut,
+            match=row.get("match", "any"),
+            line_index=index,
+        )
         return Sample(
-            task="jsonl", context=context, question=question, answers=tuple(row["answers"]),
-            max_new_tokens=int(row.get("max_new_tokens", self.max_new_tokens)), stop=(), meta=meta,
+            task="jsonl",
+            context=context,
+            question=question,
+            answers=tuple(row["answers"]),
+            max_new_tokens=int(row.get("max_new_tokens", self.max_new_tokens)),
+            stop=(),
+            meta=meta,
         )
 
     def score(self, sample: Sample, prediction: str) -> float:

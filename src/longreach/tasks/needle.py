@@ -42,8 +42,10 @@ class NeedleTask(Task):
         for name in ("num_keys", "num_values", "num_queries"):
             value = getattr(self, name)
             require(1 <= value <= 64, f"needle: {name} must be in 1..64; got {value}")
-        require(self.num_queries <= self.num_keys,
-                f"needle: num_queries ({self.num_queries}) must be <= num_keys ({self.num_keys})")
+        require(
+            self.num_queries <= self.num_keys,
+            f"needle: num_queries ({self.num_queries}) must be <= num_keys ({self.num_keys})",
+        )
         require(self.max_new_tokens >= 0, f"needle: max_new_tokens must be >= 0; got {self.max_new_tokens}")
 
     @property
@@ -62,16 +64,26 @@ class NeedleTask(Task):
         unit = self._filler(filler_rng, taken)
         head, question = self._templates([keys[q] for q in queried])
         fitted = fitting.fit_haystack(
-            tokenizer, context_length, head=head, question=question,
-            needles=needles, unit=unit, sep=" ", needle_sep=" ",
+            tokenizer,
+            context_length,
+            head=head,
+            question=question,
+            needles=needles,
+            unit=unit,
+            sep=" ",
+            needle_sep=" ",
         )
         answers = tuple(v for q in queried for v in values[q])
         return Sample(
-            task="needle", context=fitted.context, question=fitted.question, answers=answers,
+            task="needle",
+            context=fitted.context,
+            question=fitted.question,
+            answers=answers,
             max_new_tokens=self.max_new_tokens or (32 if self.single else 128),
             stop=("\n",) if self.single else ("\n\n",),
             meta={
                 "realized_tokens": fitted.realized_tokens,
+                "filler_units": fitted.filler_units,
                 "needle_token_offsets": fitted.needle_token_offsets,
                 "realized_depth": fitted.realized_depths[0],
                 "needle_depths": fitted.realized_depths,

