@@ -52,7 +52,7 @@ class HFBackend:
                     break
                 if len(new_ids) >= request.max_new_tokens:
                     break
-                logits, cache = adapter.forward(model, torch.tensor([[next_id]]), cache)
+                logits, cache = adapter.forward(model, torch.tensor([[next_id]]), cache, start=ids.shape[1] + len(new_ids) - 1)
                 next_id = int(logits[0, -1].argmax())
             kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
             seconds = time.perf_counter() - start

@@ -1,9 +1,12 @@
 """Everything that changes how a model reads long input, under one spec grammar (see :mod:`.spec`)."""
 
+from longreach.methods.attention import ATTENTION_METHODS
 from longreach.methods.base import Method
 from longreach.methods.none import NoMethod
+from longreach.methods.positions import POSITION_METHODS
 from longreach.methods.spec import METHODS, MethodStack, parse_method, parse_stack
 
-METHODS.add(NoMethod.name, NoMethod)
+for _method in (NoMethod, *POSITION_METHODS, *ATTENTION_METHODS):
+    METHODS.add(_method.name, _method)
 
 __all__ = ["METHODS", "Method", "MethodStack", "parse_method", "parse_stack"]

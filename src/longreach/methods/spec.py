@@ -35,9 +35,9 @@ class MethodStack:
             if kinds.count(kind) > 1:
                 names = " and ".join(m.name for m in self.methods if m.kind == kind)
                 raise LongreachError(f"a stack holds at most one {kind} method; got {names}")
-        for i, first in enumerate(self.methods):
-            for second in self.methods[i + 1 :]:
-                reason = first.conflict_with(second) or second.conflict_with(first)
+        for first in self.methods:
+            for second in self.methods:
+                reason = first.conflict_with(second) if first is not second else None
                 if reason:
                     raise LongreachError(f"{first.name} cannot be stacked with {second.name}: {reason}")
 

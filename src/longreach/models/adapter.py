@@ -1,4 +1,4 @@
-"""The only module that reads transformers internals (config fields, cache layer classes).
+"""The only module that reads transformers internals (config fields, rotary modules, attention, caches).
 
 Every method and backend goes through these functions, so an API change in transformers is fixed here
 once. Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of
@@ -7,9 +7,15 @@ once. Tested against transformers 5.24 (RoPE settings in ``config.rope_parameter
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from longreach.errors import LongreachError
 
 
 def text_config(config: Any) -> Any:
@@ -81,11 +87,237 @@ def cache_bytes(cache: Any) -> int:
 
 
 def forward(
-    model: Any, input_ids: torch.Tensor, cache: Any = None, logits_to_keep: int = 1
+    model: Any, input_ids: torch.Tensor, cache: Any = None, start: int = 0, logits_to_keep: int = 1
 ) -> tuple[torch.Tensor, Any]:
     """One forward pass with a KV cache: returns (logits of the last ``logits_to_keep`` positions, cache).
 
+    ``start`` is the absolute position of ``input_ids[:, 0]``; passing it explicitly keeps positions right
+    when a cache method has evicted tokens (the cache length is then shorter than the sequence).
     transformers 5.24 names the cache argument and output ``cache`` (``past_key_values`` before).
     """
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+    positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
     return out.logits, out.cache
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rotary position embeddings
+#
+# transformers 5.x computes cos/sin once per forward in a model-level module (``model.model.rotary_emb``):
+# ``forward(x, position_ids)`` for Llama-family models, ``forward(x, position_ids, layer_type)`` for models
+# with per-layer-type RoPE (Gemma 3: "sliding_attention" and "full_attention"). Angles are
+# ``position_ids.float() * inv_freq`` in float32, whatever the model dtype; cos and sin are multiplied by the
+# attention scaling (YaRN's mscale) and then cast to the model dtype.
+# ---------------------------------------------------------------------------------------------------------------
+
+RopeProvider = Callable[[int, "str | None"], tuple[torch.Tensor, float]]
+
+
+def rotary_module(model: Any) -> torch.nn.Module:
+    """The model-level rotary embedding module (raises for models without one)."""
+    base = getattr(model, "model", model)
+    module = getattr(base, "rotary_emb", None) or getattr(getattr(base, "language_model", None), "rotary_emb", None)
+    if module is None:
+        kind = getattr(text_config(model.config), "model_type", type(model).__name__)
+        raise LongreachError(f"model type {kind!r} has no rotary embedding module that position methods can patch")
+    return module
+
+
+def long_range_layer_types(config: Any) -> list[str | None]:
+    """The RoPE layer types a position method rescales: [None] for one shared RoPE; for per-layer-type RoPE
+    (Gemma 3) only the full-attention layers, since sliding-window layers never see far positions."""
+    cfg = text_config(config)
+    layer_types = getattr(cfg, "layer_types", None)
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if layer_types and all(t in params for t in set(layer_types)):
+        return [t for t in sorted(set(layer_types)) if "sliding" not in t]
+    return [None]
+
+
+def rope_parameters(config: Any, layer_type: str | None) -> dict[str, Any]:
+    """The rope_parameters dict (rope_theta, rope_type, ...) of ``layer_type`` (None: the shared one)."""
+    params = text_config(config).rope_parameters
+    return dict(params[layer_type] if layer_type is not None else params)
+
+
+def with_rope_parameters(config: Any, updates: dict[str, Any], layer_types: list[str | None]) -> Any:
+    """A copy of the (text) config whose rope_parameters for ``layer_types`` are updated with ``updates``."""
+    cfg = copy.deepcopy(text_config(config))
+    params = copy.deepcopy(cfg.rope_parameters)
+    for layer_type in layer_types:
+        if layer_type is None:
+            params.update(updates)
+        else:
+            params[layer_type] = {**params[layer_type], **updates}
+    cfg.rope_parameters = params
+    return cfg
+
+
+@contextmanager
+def patched_rope(model: Any, provider: RopeProvider, layer_types: list[str | None]) -> Iterator[None]:
+    """Compute cos/sin from ``provider(seq_len, layer_type) -> (inv_freq, attention_scaling)`` for
+    ``layer_types``; other layer types keep the model's own RoPE. Restored on exit.
+
+    ``seq_len`` is the length of the sequence being read: the largest position of a multi-token forward
+    (prefill) since positions last restarted at 0. Single-token decode steps reuse it, so a length-dependent
+    rule (dynamic NTK) rotates every token of one sequence with the same frequencies, unlike transformers'
+    ``dynamic`` type, which changes the base under keys already in the cache.
+    """
+    module = rotary_module(model)
+    original = module.forward
+    state = {"seq_len": 0}
+
+    def forward(x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None) -> Any:
+        if layer_type not in layer_types:
+            return original(x, position_ids, layer_type) if layer_type is not None else original(x, position_ids)
+        first, last = int(position_ids[..., 0].min()), int(position_ids.max())
+        if first == 0 and layer_type == layer_types[0]:
+            state["seq_len"] = 0
+        if position_ids.shape[-1] > 1 or state["seq_len"] == 0:
+            state["seq_len"] = max(state["seq_len"], last + 1)
+        inv_freq, scaling = provider(state["seq_len"], layer_type)
+        angles = position_ids[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float32)
+        emb = torch.cat((angles, angles), dim=-1)
+        return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward  # the instance attribute goes; the class's forward is visible again
+
+
+@contextmanager
+def rebuilt_rotary(model: Any, updates: dict[str, Any]) -> Iterator[None]:
+    """Rebuild the rotary module from a config whose rope_parameters include ``updates``, so transformers'
+    own RoPE code (its rope init functions and dynamic update) runs: the peer baseline. Restored on exit."""
+    base = getattr(model, "model", model)
+    module = rotary_module(model)
+    layer_types = long_range_layer_types(model.config)
+    config = with_rope_parameters(model.config, updates, layer_types)
+    replacement = type(module)(config).to(next(model.parameters()).device)
+    owner = base if getattr(base, "rotary_emb", None) is module else base.language_model
+    owner.rotary_emb = replacement
+    try:
+        yield
+    finally:
+        owner.rotary_emb = module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+#
+# Attention methods replace each decoder layer's attention forward with one that hands an ``AttentionCall``
+# (pre-RoPE queries and keys, absolute positions, the cache) to a kernel. Supported: the Llama-family
+# attention modules (q/k/v/o projections, optional q_norm/k_norm applied per head before RoPE, no sliding
+# window): Llama, Mistral without sliding window, Qwen2, Qwen3, SmolLM.
+# ---------------------------------------------------------------------------------------------------------------
+
+_LLAMA_FAMILY_ATTENTION = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"}
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (b, heads, t, d) rotated by cos/sin (b, t, d): the same expression as transformers' Llama."""
+    return (x * cos.unsqueeze(1)) + (rotate_half(x) * sin.unsqueeze(1))
+
+
+@dataclass
+class AttentionCall:
+    """One layer's attention inputs. Shapes: query (b, heads, t, d), key/value (b, kv_heads, t, d) for the t
+    new tokens, pre-RoPE; positions (t,) absolute; cos/sin (b, t, d) for those positions."""
+
+    module: torch.nn.Module
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cache: Any
+    attention_mask: Any
+    kwargs: dict[str, Any]
+    rotary: torch.nn.Module
+
+    @property
+    def scaling(self) -> float:
+        return self.module.scaling
+
+    @property
+    def groups(self) -> int:
+        """Query heads per KV head (GQA)."""
+        return self.module.num_key_value_groups
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (b, h, n, d) rotated to ``positions`` (n,) with the model's current RoPE (angles in float32)."""
+        cos, sin = self.rotary(x, positions.unsqueeze(0))
+        return apply_rope(x, cos, sin)
+
+    def standard(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The model's own attention function over rotated query (b,h,t,d) and all keys/values (b,kv,n,d);
+        returns (b, t, h, d)."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, None)
+        output, _ = interface(self.module, query, key, value, self.attention_mask, dropout=0.0,
+                              scaling=self.scaling, **self.kwargs)
+        return output
+
+
+AttentionKernel = Callable[[AttentionCall], torch.Tensor]
+
+
+def attention_modules(model: Any) -> list[torch.nn.Module]:
+    """Every decoder layer's self-attention module; raises for architectures the kernels do not support."""
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise LongreachError(f"{type(model).__name__}: no decoder layers found for an attention method")
+    modules = [layer.self_attn for layer in layers]
+    kind = type(modules[0]).__name__
+    if kind not in _LLAMA_FAMILY_ATTENTION or getattr(text_config(model.config), "sliding_window", None):
+        raise LongreachError(
+            f"attention methods support Llama-family attention ({', '.join(sorted(_LLAMA_FAMILY_ATTENTION))}) "
+            f"without sliding windows; this model uses {kind}"
+        )
+    return modules
+
+
+@contextmanager
+def patched_attention(model: Any, kernel: AttentionKernel) -> Iterator[None]:
+    """Route every layer's attention through ``kernel``; restored on exit. The kernel updates the cache."""
+    modules = attention_modules(model)
+    rotary = rotary_module(model)
+
+    def make_forward(module: torch.nn.Module) -> Callable[..., Any]:
+        def forward(hidden_states: torch.Tensor, position_embeddings: Any = None, attention_mask: Any = None,
+                    cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+            batch, length = hidden_states.shape[:2]
+            shape = (batch, length, -1, module.head_dim)
+            query = module.q_proj(hidden_states).view(shape).transpose(1, 2)
+            key = module.k_proj(hidden_states).view(shape).transpose(1, 2)
+            value = module.v_proj(hidden_states).view(shape).transpose(1, 2)
+            if hasattr(module, "q_norm"):
+                query, key = module.q_norm(query), module.k_norm(key)
+            cos, sin = position_embeddings
+            positions = kwargs.get("position_ids")
+            positions = positions[0] if positions is not None else torch.arange(length)
+            call = AttentionCall(module, module.layer_idx, query, key, value, positions, cos, sin, cache,
+                                 attention_mask, kwargs, rotary)
+            output = kernel(call)
+            return module.o_proj(output.reshape(batch, length, -1).contiguous()), None
+
+        return forward
+
+    for module in modules:
+        module.forward = make_forward(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward

@@ -62,4 +62,6 @@ def tiny_llama(dtype: torch.dtype) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-    return model.to(dtype).eval()
+    for parameter in model.parameters():  # buffers (RoPE inv_freq) stay float32, as from_pretrained keeps them
+        parameter.data = parameter.data.to(dtype)
+    return model.eval()

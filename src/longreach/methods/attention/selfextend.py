@@ -1,0 +1,128 @@
+"""``selfextend``: grouped attention, no training (Jin et al. 2024, "LLM Maybe LongLM", arXiv 2401.01325).
+
+Ein legend: b batch, h query heads, k kv heads, t new tokens, n all tokens (cache + new), d head dim.
+With group size G and neighbour window W, a query at position i attends to key j (j <= i) with
+  - normal RoPE positions (i, j) when i - j < W (neighbour attention), and
+  - grouped positions (i // G + W - W // G, j // G) otherwise (grouped attention),
+so no relative distance exceeds W + (n - W) / G. Keys are cached before rotation and rotated per call.
+For n <= W every pair is a neighbour and the layer runs the model's own attention function: the output is
+exactly the unmodified model's.
+
+One score pass covers both kinds: queries [q_nb, q_gp] (2d wide) meet keys [k_nb, 0] (near copies) and
+[0, k_gp] (far copies) under a mask that admits each pair's one copy, with the softmax scale of d.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from longreach.methods.base import Kind, Method
+from longreach.models import adapter
+from longreach.params import require
+
+if TYPE_CHECKING:
+    from longreach.models import LoadedModel
+
+# Position methods whose frequencies depend on the sequence length: SelfExtend's grouped positions stay
+# inside the window, so a length-driven rescaling would change positions that need no change.
+_LENGTH_DRIVEN = {"dynamic", "longrope"}
+QUERY_BLOCK = 1024
+
+
+def choose_group(target: int, window: int, native: int, usable: float = 2 / 3) -> int:
+    """Smallest G with W + (target - W) / G <= usable * native (LongLM README: keep positions well trained)."""
+    room = usable * native - window
+    if target <= usable * native or room <= 0:
+        return 1 if room > 0 else max(2, math.ceil(target / (usable * native)))
+    return max(1, math.ceil((target - window) / room))
+
+
+def grouped_attention(call: adapter.AttentionCall, key: torch.Tensor, value: torch.Tensor, window: int,
+                      group: int) -> torch.Tensor:
+    """SelfExtend attention of the new queries over all cached keys. key/value (b, k, n, d) pre-RoPE;
+    returns (b, t, h, d)."""
+    n = key.shape[2]
+    key_positions = torch.arange(n, device=key.device)
+    query_positions = call.positions
+    shift = window - window // group
+    q_near = call.rotate(call.query, query_positions)
+    q_far = call.rotate(call.query, query_positions // group + shift)
+    k_near = call.rotate(key, key_positions).repeat_interleave(call.groups, dim=1)
+    k_far = call.rotate(key, key_positions // group).repeat_interleave(call.groups, dim=1)
+    values = value.repeat_interleave(call.groups, dim=1)
+    zeros = torch.zeros_like(k_near)
+    keys_near, keys_far = torch.cat((k_near, zeros), -1), torch.cat((zeros, k_far), -1)
+    outputs = []
+    for start in range(0, query_positions.shape[0], QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, query_positions.shape[0])
+        positions = query_positions[start:stop]
+        first_near = max(0, int(positions[0]) - window + 1)
+        last = int(positions[-1]) + 1
+        far_end = max(0, last - window)
+        distance_far = positions[:, None] - key_positions[None, :far_end]
+        distance_near = positions[:, None] - key_positions[None, first_near:last]
+        mask = torch.cat(((distance_far >= window), (distance_near >= 0) & (distance_near < window)), dim=1)
+        query = torch.cat((q_near[:, :, start:stop], q_far[:, :, start:stop]), -1)
+        keys = torch.cat((keys_far[:, :, :far_end], keys_near[:, :, first_near:last]), dim=2)
+        vals = torch.cat((values[:, :, :far_end], values[:, :, first_near:last]), dim=2)
+        outputs.append(torch.nn.functional.scaled_dot_product_attention(
+            query, keys, vals, attn_mask=mask, scale=call.scaling))
+    return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class SelfExtend(Method):
+    """Grouped attention with group size ``group`` and neighbour window ``window`` (0: chosen by rule)."""
+
+    group: int = field(default=0, metadata={"help": "G; 0: smallest G that keeps positions in 2/3 of L"})
+    window: int = field(default=0, metadata={"help": "W neighbour tokens; 0: L/4"})
+    target: int = field(default=0, metadata={"help": "length the rule plans for (0: the length read)"})
+
+    name: ClassVar[str] = "selfextend"
+    kind: ClassVar[Kind] = "attention"
+    summary: ClassVar[str] = "SelfExtend: neighbour attention within W, grouped positions (//G) beyond"
+    paper: ClassVar[str] = "Jin et al. 2024, LLM Maybe LongLM"
+
+    def __post_init__(self) -> None:
+        for name in ("group", "window", "target"):
+            require(getattr(self, name) >= 0, f"selfextend: {name} must be >= 0; got {getattr(self, name)}")
+
+    def conflict_with(self, other: Method) -> str | None:
+        rope_type = getattr(other, "rope_type", None)
+        if other.name in _LENGTH_DRIVEN or (other.name == "hf" and rope_type in ("dynamic", "longrope")):
+            return ("its grouped positions stay inside the native window, so a length-driven rescaling would "
+                    "rescale positions that need none; use a static one (linear, ntk, yarn, abf) or none")
+        return None
+
+    def plan(self, native: int, length: int) -> tuple[int, int]:
+        """(window W, group G) for reading ``length`` tokens with a native window ``native``."""
+        window = self.window or max(64, native // 4)
+        group = self.group or choose_group(self.target or length, window, native)
+        return window, group
+
+    @contextlib.contextmanager
+    def applied(self, loaded: LoadedModel) -> Iterator[None]:
+        native = loaded.native_context_length
+        plans: dict[int, tuple[int, int]] = {}
+
+        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
+            key, value = call.key, call.value
+            if call.cache is not None:  # cached keys stay unrotated: they are rotated per call
+                key, value = call.cache.update(key, value, call.layer)
+            n = key.shape[2]
+            if call.positions[0] == 0 or call.layer not in plans:  # a new sequence: plan from its length
+                plans[call.layer] = self.plan(native, n)
+            window, group = plans[call.layer]
+            if n <= window or group == 1:
+                positions = torch.arange(n, device=key.device)
+                return call.standard(call.rotate(call.query, call.positions), call.rotate(key, positions), value)
+            return grouped_attention(call, key, value, window, group)
+
+        with adapter.patched_attention(loaded.model, kernel):
+            yield
