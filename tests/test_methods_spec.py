@@ -33,7 +33,7 @@ def test_contract_every_method_builds_from_defaults_and_round_trips_its_repr(nam
     assert cls.kind in ("none", "position", "attention", "cache", "reader")
     for field_name, _, help_text in params.describe_fields(cls):
         assert help_text, f"{name}.{field_name} needs a help text"
-    stack = parse_stack(name)
+    stack = parse_stack(cls.example or name)
     assert parse_stack(stack.repr) == stack
 
 
@@ -43,7 +43,7 @@ def test_contract_applying_a_method_restores_the_model(tiny, name):
     ids = torch.arange(5, 69).unsqueeze(0)
     with torch.no_grad():
         before = tiny.model(ids).logits
-        with parse_stack(name).applied(tiny):
+        with parse_stack(METHODS.get(name).example or name).applied(tiny):
             tiny.model(ids)
         after = tiny.model(ids).logits
     assert torch.equal(before, after)

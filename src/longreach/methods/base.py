@@ -36,6 +36,7 @@ class Method:
     kind: ClassVar[Kind] = "none"
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    example: ClassVar[str] = ""  # a spec that runs on tiny-llama, when the bare name needs parameters
     needs_attention_probs: ClassVar[bool] = False
     phase: ClassVar[Phase] = "both"
 

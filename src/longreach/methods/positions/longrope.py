@@ -50,6 +50,7 @@ class LongRope(PositionMethod):
     name: ClassVar[str] = "longrope"
     summary: ClassVar[str] = "LongRoPE: per-pair factor lists (given), long set beyond the window"
     paper: ClassVar[str] = "Ding et al. 2024"
+    example: ClassVar[str] = "longrope:long_factor=1/1/1/1.5/2/3/4/4"
     rope_function = compute_longrope
 
     def __post_init__(self) -> None:
