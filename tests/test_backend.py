@@ -43,3 +43,28 @@ def test_costs_are_measured_and_the_cache_is_physical_bytes(tiny):
 )
 def test_stop_strings_cut_after_some_output(text, stops, expected):
     assert cut_at_stop(text, stops) == expected
+
+
+@pytest.mark.parametrize("spec", ["none", "dynamic", "selfextend:window=256:group=4", "yarn:factor=2"])
+def test_prefix_reuse_gives_the_same_answers(tiny, spec):
+    from longreach.tasks import parse_task
+
+    task = parse_task("niah_single_2").task
+    samples = [task.generate(tiny.tokenizer, 1500, depth, seed=0, index=0) for depth in (0.2, 0.6, 0.9)]
+    requests = [Request(s.prompt, 8) for s in samples]
+    stack = parse_stack(spec)
+    fresh = HFBackend(tiny).generate(requests, stack)
+    reusing = HFBackend(tiny, reuse_prefix=True).generate(requests, stack)
+    assert [g.text for g in reusing] == [g.text for g in fresh]
+    assert reusing[0].reused_tokens == 0
+    assert reusing[1].reused_tokens > 200 and reusing[2].reused_tokens > 200, "the shared haystack is reused"
+    assert [g.kv_cache_bytes for g in reusing] == [g.kv_cache_bytes for g in fresh]
+
+
+def test_prefix_reuse_needs_the_same_length_and_stack(tiny):
+    backend = HFBackend(tiny, reuse_prefix=True)
+    prompt = "word " * 400
+    backend.generate([Request(prompt, 2)], parse_stack("none"))
+    assert backend.generate([Request(prompt + "more", 2)], parse_stack("none"))[0].reused_tokens == 0
+    backend.generate([Request(prompt, 2)], parse_stack("none"))
+    assert backend.generate([Request(prompt, 2)], parse_stack("linear"))[0].reused_tokens == 0

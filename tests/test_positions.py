@@ -25,8 +25,14 @@ WINDOW = 8192
 
 def config(**rope) -> LlamaConfig:
     """A SmolLM2-shaped config (head dim 64, base 1e5, window 8192) with the given rope_parameters."""
-    return LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                       max_position_embeddings=WINDOW, rope_parameters={"rope_theta": 100000.0, **rope})
+    return LlamaConfig(
+        hidden_size=576,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=WINDOW,
+        rope_parameters={"rope_theta": 100000.0, **rope},
+    )
 
 
 def same(ours, theirs):
@@ -76,8 +82,13 @@ def test_yarn_equals_transformers(rope):
 
 @pytest.mark.parametrize("factor", [2.0, 8.0])
 def test_llama3_equals_transformers(factor):
-    cfg = config(rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
-                 original_max_position_embeddings=WINDOW)
+    cfg = config(
+        rope_type="llama3",
+        factor=factor,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=WINDOW,
+    )
     same(compute_llama3(cfg), ROPE_INIT_FUNCTIONS["llama3"](cfg))
 
 
@@ -85,8 +96,9 @@ def test_llama3_equals_transformers(factor):
 def test_longrope_equals_transformers(seq_len):
     long = [1.0 + 0.1 * i for i in range(32)]
     short = [1.0 + 0.01 * i for i in range(32)]
-    cfg = config(rope_type="longrope", long_factor=long, short_factor=short, factor=4.0,
-                 original_max_position_embeddings=WINDOW)
+    cfg = config(
+        rope_type="longrope", long_factor=long, short_factor=short, factor=4.0, original_max_position_embeddings=WINDOW
+    )
     same(compute_longrope(cfg, seq_len=seq_len), ROPE_INIT_FUNCTIONS["longrope"](cfg, seq_len=seq_len))
 
 
@@ -131,23 +143,48 @@ def logits(tiny, spec, ids):
 IDS = torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("spec", ["dynamic", "dynamic:factor=4", "linear:factor=1", "yarn:factor=1", "ntk:factor=1",
-                                  "hf:rope_type=dynamic", "llama3:factor=1", "selfextend:window=512:group=4"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "dynamic",
+        "dynamic:factor=4",
+        "linear:factor=1",
+        "yarn:factor=1",
+        "ntk:factor=1",
+        "hf:rope_type=dynamic",
+        "llama3:factor=1",
+        "selfextend:window=512:group=4",
+    ],
+)
 def test_inside_the_native_window_these_equal_the_baseline_exactly(tiny, spec):
     assert torch.equal(logits(tiny, spec, IDS), logits(tiny, "none", IDS))
 
 
 @pytest.mark.parametrize(
     ("ours", "theirs"),
-    [("linear:factor=2", "hf:rope_type=linear:factor=2"), ("yarn:factor=4", "hf:rope_type=yarn:factor=4"),
-     ("llama3:factor=4", "hf:rope_type=llama3:factor=4")],
+    [
+        ("linear:factor=2", "hf:rope_type=linear:factor=2"),
+        ("yarn:factor=4", "hf:rope_type=yarn:factor=4"),
+        ("llama3:factor=4", "hf:rope_type=llama3:factor=4"),
+    ],
 )
 def test_through_the_model_ours_equal_transformers_config_path(tiny, ours, theirs):
     assert torch.equal(logits(tiny, ours, IDS), logits(tiny, theirs, IDS))
 
 
-@pytest.mark.parametrize("spec", ["linear", "ntk", "yarn:factor=4", "abf", "truncated", "power", "llama3",
-                                  "longrope:long_factor=1/1/1/1.5/2/3/4/4:short_factor=1/1/1/1/1.5/2/3/4"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "linear",
+        "ntk",
+        "yarn:factor=4",
+        "abf",
+        "truncated",
+        "power",
+        "llama3",
+        "longrope:long_factor=1/1/1/1.5/2/3/4/4:short_factor=1/1/1/1/1.5/2/3/4",
+    ],
+)
 def test_static_methods_change_the_model_and_restore_it(tiny, spec):
     before = logits(tiny, "none", IDS)
     assert not torch.equal(logits(tiny, spec, IDS), before)

@@ -14,7 +14,7 @@ from longreach.models import adapter
 
 def naive_selfextend(call, key, value, window, group):
     """Jin et al. 2024, written out: two score matrices, neighbour where i - j < W, causal softmax."""
-    n, t = key.shape[2], call.query.shape[2]
+    n = key.shape[2]
     kpos, qpos = torch.arange(n), call.positions
     q_nb, k_nb = call.rotate(call.query, qpos), call.rotate(key, kpos)
     q_gp, k_gp = call.rotate(call.query, qpos // group + window - window // group), call.rotate(key, kpos // group)
@@ -33,8 +33,20 @@ def make_call(tiny, t, n):
     query = torch.randn(1, 4, t, 16, generator=g)
     key, value = torch.randn(1, 2, n, 16, generator=g), torch.randn(1, 2, n, 16, generator=g)
     positions = torch.arange(n - t, n)
-    call = adapter.AttentionCall(module, 0, query, key[:, :, -t:], value[:, :, -t:], positions, None, None, None,
-                                 None, {}, adapter.rotary_module(tiny.model))
+    call = adapter.AttentionCall(
+        module,
+        0,
+        query,
+        key[:, :, -t:],
+        value[:, :, -t:],
+        positions,
+        None,
+        None,
+        None,
+        None,
+        {},
+        adapter.rotary_module(tiny.model),
+    )
     return call, key, value
 
 
@@ -82,8 +94,9 @@ def test_other_architectures_fail_clearly(tmp_path, tiny):
 
     from longreach.models import load_model
 
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny.tokenizer), n_positions=256, n_embd=32, n_layer=1,
-                               n_head=2)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tiny.tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2)
+    ).save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     gpt2 = load_model(str(tmp_path), "fp32")
     with pytest.raises(LongreachError, match="no rotary embedding module|no decoder layers"):

@@ -17,7 +17,8 @@ from typer._click.exceptions import NoArgsIsHelpError
 from longreach import params
 from longreach.errors import LongreachError
 from longreach.methods import METHODS
-from longreach.models import ZOO
+from longreach.methods.auto import cached_calibration
+from longreach.models import ZOO, load_model
 from longreach.report import render_report
 from longreach.runner import SweepConfig, parse_depths, parse_lengths, run_sweep
 from longreach.runner.export import export_instances
@@ -53,6 +54,13 @@ def eval_command(
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
     threshold: float = typer.Option(0.85, "--threshold", help="score threshold for effective length"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    interleave: bool = typer.Option(False, "--interleave", help="run all methods on a sample back to back"),
+    reuse_prefix: bool = typer.Option(
+        False,
+        "--reuse-prefix",
+        help="start from the previous cell's KV cache where prompts agree (faster; prefill times then cover "
+        "only the recomputed part)",
+    ),
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
@@ -67,6 +75,8 @@ def eval_command(
         dtype=dtype,
         resume=resume,
         threshold=threshold,
+        interleave=interleave,
+        reuse_prefix=reuse_prefix,
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)
@@ -112,6 +122,24 @@ def generate_command(
     )
     count = export_instances(config, out_file)
     out.print(f"{count} instances written to {out_file}")
+    return 0
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: str = MODEL,
+    target: str = typer.Option(..., "--target", help="the length to read, e.g. 32k"),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
+    seed: int = SEED,
+) -> int:
+    """Pick a context-extension method for a target length from a short calibration on the model."""
+    (length,) = parse_lengths(target)
+    result = cached_calibration(load_model(model, dtype), length, seed)
+    table = Table("candidate", "answer NLL (nats/token)")
+    for spec, nll in sorted(result.nll.items(), key=lambda item: item[1]):
+        table.add_row(spec, f"{nll:.4f}")
+    out.print(table)
+    out.print(f"chosen: {result.chosen}   (reuse with --method {result.chosen})")
     return 0
 
 

@@ -28,6 +28,7 @@ class Generation:
     prefill_seconds: float
     peak_rss_mb: float
     kv_cache_bytes: int
+    reused_tokens: int = 0  # prompt tokens taken from a previous request's cache instead of recomputed
 
 
 class Backend(Protocol):

@@ -8,6 +8,7 @@ and prefill seconds, the peak RSS of the process and the physical bytes of the K
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,25 +20,66 @@ from longreach.methods import MethodStack
 from longreach.models import LoadedModel, adapter
 
 
-class HFBackend:
-    """Runs requests one at a time (batch 1) on ``loaded.model``."""
+MIN_REUSE = 64  # shorter shared prefixes are recomputed: not worth holding a cache for
 
-    def __init__(self, loaded: LoadedModel) -> None:
+
+@dataclass
+class _Previous:
+    """The last request's stack, prompt ids and cache, kept for prefix reuse."""
+
+    stack: str
+    ids: list[int]
+    cache: Any
+
+
+class HFBackend:
+    """Runs requests one at a time (batch 1) on ``loaded.model``.
+
+    With ``reuse_prefix``, a request whose prompt has the same length and method stack as the previous one
+    starts from the previous KV cache cropped to their common prefix (RULER-style haystacks shared across
+    samples then cost only the part after the first difference). The prefill time then covers only the
+    recomputed suffix, so leave it off when measuring time; ``reused_tokens`` records what was skipped.
+    Stacks with cache or reader methods never reuse: their caches are not a plain function of the prefix.
+    """
+
+    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.eos_ids = _eos_ids(loaded)
+        self.reuse_prefix = reuse_prefix
+        self._previous: _Previous | None = None
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
         return [self._one(request, stack) for request in requests]
 
+    def _reusable(self, stack: MethodStack, prompt_ids: list[int]) -> tuple[int, Any]:
+        """(tokens to skip, cache holding them) from the previous request, or (0, None)."""
+        previous, self._previous = self._previous, None
+        if previous is None or previous.stack != stack.repr or len(previous.ids) != len(prompt_ids):
+            return 0, None
+        if stack.of_kind("cache") or stack.of_kind("reader"):
+            return 0, None
+        common = 0
+        for a, b in zip(previous.ids, prompt_ids, strict=True):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt_ids) - 1)
+        if common < MIN_REUSE:
+            return 0, None
+        adapter.crop_cache(previous.cache, common)
+        return common, previous.cache
+
     def _one(self, request: Request, stack: MethodStack) -> Generation:
         model = self.loaded.model
-        ids = torch.tensor([tokens.encode(self.tokenizer, request.prompt)])
+        prompt_ids = tokens.encode(self.tokenizer, request.prompt)
+        ids = torch.tensor([prompt_ids])
+        reused, cache = self._reusable(stack, prompt_ids) if self.reuse_prefix else (0, None)
         new_ids: list[int] = []
         text = ""
         with torch.inference_mode(), stack.applied(self.loaded), peak_rss() as peak:
             start = time.perf_counter()
-            logits, cache = adapter.forward(model, ids)
+            logits, cache = adapter.forward(model, ids[:, reused:], cache, start=reused)
             prefill_seconds = time.perf_counter() - start
             kv_bytes = adapter.cache_bytes(cache)
             next_id = int(logits[0, -1].argmax())
@@ -52,10 +94,14 @@ class HFBackend:
                     break
                 if len(new_ids) >= request.max_new_tokens:
                     break
-                logits, cache = adapter.forward(model, torch.tensor([[next_id]]), cache, start=ids.shape[1] + len(new_ids) - 1)
+                logits, cache = adapter.forward(
+                    model, torch.tensor([[next_id]]), cache, start=ids.shape[1] + len(new_ids) - 1
+                )
                 next_id = int(logits[0, -1].argmax())
             kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
             seconds = time.perf_counter() - start
+        if self.reuse_prefix:
+            self._previous = _Previous(stack.repr, prompt_ids, cache)
         return Generation(
             text=text,
             prompt_tokens=ids.shape[1],
@@ -64,6 +110,7 @@ class HFBackend:
             prefill_seconds=prefill_seconds,
             peak_rss_mb=peak.mb,
             kv_cache_bytes=kv_bytes,
+            reused_tokens=reused,
         )
 
 

@@ -9,4 +9,8 @@ from longreach.methods.spec import METHODS, MethodStack, parse_method, parse_sta
 for _method in (NoMethod, *POSITION_METHODS, *ATTENTION_METHODS):
     METHODS.add(_method.name, _method)
 
+from longreach.methods.auto import Auto  # noqa: E402  (auto parses specs of the methods above)
+
+METHODS.add(Auto.name, Auto)
+
 __all__ = ["METHODS", "Method", "MethodStack", "parse_method", "parse_stack"]

@@ -264,8 +264,9 @@ class AttentionCall:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, None)
-        output, _ = interface(self.module, query, key, value, self.attention_mask, dropout=0.0,
-                              scaling=self.scaling, **self.kwargs)
+        output, _ = interface(
+            self.module, query, key, value, self.attention_mask, dropout=0.0, scaling=self.scaling, **self.kwargs
+        )
         return output
 
 
@@ -295,8 +296,13 @@ def patched_attention(model: Any, kernel: AttentionKernel) -> Iterator[None]:
     rotary = rotary_module(model)
 
     def make_forward(module: torch.nn.Module) -> Callable[..., Any]:
-        def forward(hidden_states: torch.Tensor, position_embeddings: Any = None, attention_mask: Any = None,
-                    cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        def forward(
+            hidden_states: torch.Tensor,
+            position_embeddings: Any = None,
+            attention_mask: Any = None,
+            cache: Any = None,
+            **kwargs: Any,
+        ) -> tuple[torch.Tensor, None]:
             batch, length = hidden_states.shape[:2]
             shape = (batch, length, -1, module.head_dim)
             query = module.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -307,8 +313,9 @@ def patched_attention(model: Any, kernel: AttentionKernel) -> Iterator[None]:
             cos, sin = position_embeddings
             positions = kwargs.get("position_ids")
             positions = positions[0] if positions is not None else torch.arange(length)
-            call = AttentionCall(module, module.layer_idx, query, key, value, positions, cos, sin, cache,
-                                 attention_mask, kwargs, rotary)
+            call = AttentionCall(
+                module, module.layer_idx, query, key, value, positions, cos, sin, cache, attention_mask, kwargs, rotary
+            )
             output = kernel(call)
             return module.o_proj(output.reshape(batch, length, -1).contiguous()), None
 
@@ -321,3 +328,11 @@ def patched_attention(model: Any, kernel: AttentionKernel) -> Iterator[None]:
     finally:
         for module in modules:
             del module.forward
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Keep the first ``length`` tokens of every layer of a transformers cache (in place).
+    transformers 5.24's ``crop`` takes the negative number of tokens to remove."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)

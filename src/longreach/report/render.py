@@ -59,8 +59,25 @@ def render_report(folder: Path, threshold: float | None = None) -> Path:
     effective = effective_length(points, threshold)
     figures = _figures(folder, rows, points, native, threshold)
     document = _json_document(provenance, threshold, native, rows, points, effective, figures)
+    document["calibration"] = meta.get("calibration", {})
     (folder / "report.json").write_text(json.dumps(document, indent=1))
     tables = _tables(points, effective, rows, native, threshold)
+    if document["calibration"]:
+        tables.insert(
+            0,
+            Table(
+                "Calibrated methods (auto: lowest passkey answer NLL at the target length)",
+                ["spec", "resolved to", "candidates (answer NLL)"],
+                [
+                    [
+                        spec,
+                        c["resolved"],
+                        ", ".join(f"{k} {v:.3f}" for k, v in sorted(c["nll"].items(), key=lambda kv: kv[1])),
+                    ]
+                    for spec, c in document["calibration"].items()
+                ],
+            ),
+        )
     (folder / "report.md").write_text(_markdown(provenance, tables, figures, folder))
     html_path = folder / "report.html"
     html_path.write_text(_html(provenance, tables, figures, folder))

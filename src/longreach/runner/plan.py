@@ -60,6 +60,8 @@ class SweepConfig:
     dtype: str = "bf16"
     resume: bool = False
     threshold: float = 0.85
+    interleave: bool = False  # run every method on a sample before the next sample (fair timing comparisons)
+    reuse_prefix: bool = False  # start each prefill from the previous cell's cache where prompts agree
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class Plan:
         return cls(tasks=tasks, stacks=stacks, config=config)
 
     def cells(self) -> list[Cell]:
-        """Every cell, grouped by method, then task, length, depth and sample index."""
+        """Every cell, grouped by method, then task, length, depth and sample index; with ``interleave``,
+        grouped by task, length and sample, every method back to back (so drift hits all methods alike)."""
         c = self.config
         cells = []
         for stack, parsed in itertools.product(self.stacks, self.tasks):
@@ -94,4 +97,16 @@ class Plan:
             samples = c.samples if available is None else min(c.samples, available)
             for length, depth, index in itertools.product(c.lengths, depths, range(samples)):
                 cells.append(Cell(parsed.spec, stack.repr, length, depth, index))
+        if c.interleave:
+            position = {stack.repr: i for i, stack in enumerate(self.stacks)}
+            order = {parsed.spec: i for i, parsed in enumerate(self.tasks)}
+            cells.sort(
+                key=lambda cell: (
+                    order[cell.task],
+                    cell.context_length,
+                    cell.index,
+                    cell.depth or 0.0,
+                    position[cell.method],
+                )
+            )
         return cells

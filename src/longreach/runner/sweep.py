@@ -26,6 +26,7 @@ from rich.progress import (
 
 from longreach.backends import Backend, HFBackend, Request
 from longreach.errors import LongreachError
+from longreach.methods import MethodStack, auto, parse_stack
 from longreach.models import LoadedModel, load_model, load_tokenizer, resolve
 from longreach.runner.plan import Plan, SweepConfig
 from longreach.runner.provenance import provenance
@@ -50,7 +51,7 @@ def run_sweep(
     *,
     show_progress: bool = True,
     loader: Callable[[str, str], LoadedModel] = load_model,
-    backend_factory: Callable[[LoadedModel], Backend] = HFBackend,
+    backend_factory: Callable[..., Backend] = HFBackend,
 ) -> SweepSummary:
     """Run every unfinished cell of ``config`` into ``config.out/results.sqlite`` and render the report."""
     from longreach.report import render_report
@@ -71,7 +72,9 @@ def run_sweep(
         _check_capacity(loaded, todo)
         with ResultsStore(config.out) as store:
             _store_run_meta(store, config, loaded)
-            failed = _run_cells(todo, tasks, stacks, backend_factory(loaded), store, config, console)
+            stacks = _resolve_auto(stacks, loaded, store, config, console)
+            backend = backend_factory(loaded, reuse_prefix=config.reuse_prefix)
+            failed = _run_cells(todo, tasks, stacks, backend, store, config, console)
     render_report(config.out, threshold=config.threshold)
     return SweepSummary(config.out, len(cells), len(cells) - len(todo), len(todo), failed)
 
@@ -135,6 +138,25 @@ def _store_run_meta(store: ResultsStore, config: SweepConfig, loaded: LoadedMode
     store.set_meta(**updates)
 
 
+def _resolve_auto(
+    stacks: dict[str, MethodStack], loaded: LoadedModel, store: ResultsStore, config: SweepConfig, console: Console
+) -> dict[str, MethodStack]:
+    """Calibrate ``auto`` stacks once (the choice is kept in the store, so a resumed run reuses it)."""
+    chosen = store.meta().get("calibration", {})
+    resolved = {}
+    for spec, stack in stacks.items():
+        if spec in chosen:
+            resolved[spec] = parse_stack(chosen[spec]["resolved"])
+            continue
+        with console.status(f"calibrating {spec} on {loaded.name}"):
+            resolved[spec], result = auto.resolve(stack, loaded, config.seed)
+        if result is not None:
+            chosen[spec] = {"resolved": resolved[spec].repr, "nll": result.nll}
+            console.print(f"{spec} -> {resolved[spec].repr} (answer NLL {result.nll[result.chosen]:.3f})")
+    store.set_meta(calibration=chosen)
+    return resolved
+
+
 def _cost(cell: Cell) -> float:
     """Relative cost of a cell for the ETA: linear layers plus (causal) attention's quadratic part."""
     return cell.context_length * (1.0 + cell.context_length / 16384)
@@ -183,6 +205,7 @@ def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -
     except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
         return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")
     meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth")}
+    meta["reused_tokens"] = generation.reused_tokens
     return CellResult(
         cell,
         "ok",

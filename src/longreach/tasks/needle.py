@@ -55,7 +55,9 @@ class NeedleTask(Task):
     def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
         name = f"needle/{self.num_keys}/{self.num_values}/{self.num_queries}/{self.key_type}/{self.value_type}"
         probe = rng.stream(seed, name, "probe", self.haystack, depth, index)
-        filler_rng = rng.stream(seed, name, "filler", self.haystack, context_length, depth, index)
+        # The haystack depends on the length only (as RULER's one essay): samples differ in their needles,
+        # and consecutive samples share a prefix that a backend can reuse.
+        filler_rng = rng.stream(seed, name, "filler", self.haystack, context_length)
         taken: set[str] = set()
         keys = words.unique_values(probe, self.key_type, self.num_keys, taken)
         values = [words.unique_values(probe, self.value_type, self.num_values, taken) for _ in keys]

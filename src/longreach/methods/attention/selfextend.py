@@ -43,8 +43,9 @@ def choose_group(target: int, window: int, native: int, usable: float = 2 / 3) -
     return max(1, math.ceil((target - window) / room))
 
 
-def grouped_attention(call: adapter.AttentionCall, key: torch.Tensor, value: torch.Tensor, window: int,
-                      group: int) -> torch.Tensor:
+def grouped_attention(
+    call: adapter.AttentionCall, key: torch.Tensor, value: torch.Tensor, window: int, group: int
+) -> torch.Tensor:
     """SelfExtend attention of the new queries over all cached keys. key/value (b, k, n, d) pre-RoPE;
     returns (b, t, h, d)."""
     n = key.shape[2]
@@ -71,8 +72,9 @@ def grouped_attention(call: adapter.AttentionCall, key: torch.Tensor, value: tor
         query = torch.cat((q_near[:, :, start:stop], q_far[:, :, start:stop]), -1)
         keys = torch.cat((keys_far[:, :, :far_end], keys_near[:, :, first_near:last]), dim=2)
         vals = torch.cat((values[:, :, :far_end], values[:, :, first_near:last]), dim=2)
-        outputs.append(torch.nn.functional.scaled_dot_product_attention(
-            query, keys, vals, attn_mask=mask, scale=call.scaling))
+        outputs.append(
+            torch.nn.functional.scaled_dot_product_attention(query, keys, vals, attn_mask=mask, scale=call.scaling)
+        )
     return torch.cat(outputs, dim=2).transpose(1, 2)
 
 
@@ -96,8 +98,10 @@ class SelfExtend(Method):
     def conflict_with(self, other: Method) -> str | None:
         rope_type = getattr(other, "rope_type", None)
         if other.name in _LENGTH_DRIVEN or (other.name == "hf" and rope_type in ("dynamic", "longrope")):
-            return ("its grouped positions stay inside the native window, so a length-driven rescaling would "
-                    "rescale positions that need none; use a static one (linear, ntk, yarn, abf) or none")
+            return (
+                "its grouped positions stay inside the native window, so a length-driven rescaling would "
+                "rescale positions that need none; use a static one (linear, ntk, yarn, abf) or none"
+            )
         return None
 
     def plan(self, native: int, length: int) -> tuple[int, int]:

@@ -54,6 +54,9 @@ class Llama3(PositionMethod):
 
     def rope_updates(self, native: int) -> dict[str, Any]:
         return {
-            "rope_type": "llama3", "factor": self.factor, "low_freq_factor": self.low_freq_factor,
-            "high_freq_factor": self.high_freq_factor, "original_max_position_embeddings": self.original_max or native,
+            "rope_type": "llama3",
+            "factor": self.factor,
+            "low_freq_factor": self.low_freq_factor,
+            "high_freq_factor": self.high_freq_factor,
+            "original_max_position_embeddings": self.original_max or native,
         }

@@ -60,9 +60,11 @@ class LongRope(PositionMethod):
 
     def rope_updates(self, native: int) -> dict[str, Any]:
         return {
-            "rope_type": "longrope", "long_factor": list(self.long_factor),
+            "rope_type": "longrope",
+            "long_factor": list(self.long_factor),
             "short_factor": list(self.short_factor or (1.0,) * len(self.long_factor)),
-            "factor": self.factor or None, "original_max_position_embeddings": self.original_max or native,
+            "factor": self.factor or None,
+            "original_max_position_embeddings": self.original_max or native,
         }
 
     def _check(self, loaded: LoadedModel) -> None:

@@ -70,7 +70,11 @@ class Yarn(PositionMethod):
 
     def rope_updates(self, native: int) -> dict[str, Any]:
         return {
-            "rope_type": "yarn", "factor": self.factor, "original_max_position_embeddings": self.original_max or native,
-            "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
-            "attention_factor": self.attention_factor or None, "truncate": self.truncate,
+            "rope_type": "yarn",
+            "factor": self.factor,
+            "original_max_position_embeddings": self.original_max or native,
+            "beta_fast": self.beta_fast,
+            "beta_slow": self.beta_slow,
+            "attention_factor": self.attention_factor or None,
+            "truncate": self.truncate,
         }
