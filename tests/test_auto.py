@@ -6,8 +6,8 @@ import torch
 
 import longreach.cli as cli
 from longreach import tokens
-from longreach.methods import parse_stack
 from longreach.methods import auto as auto_module
+from longreach.methods import parse_stack
 from longreach.methods.auto import answer_nll, calibrate, candidates, resolve
 from longreach.runner import SweepConfig, run_sweep
 

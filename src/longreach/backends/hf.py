@@ -19,7 +19,6 @@ from longreach.measure import peak_rss
 from longreach.methods import MethodStack
 from longreach.models import LoadedModel, adapter
 
-
 MIN_REUSE = 64  # shorter shared prefixes are recomputed: not worth holding a cache for
 
 
