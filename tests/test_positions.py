@@ -247,3 +247,50 @@ def test_bf16_positions_drift_and_longreach_positions_do_not(tiny):
         # float32 angles (ulp 2^-7 at 131K) then one bf16 rounding of cos/sin (~0.004): nothing else drifts
         assert (cos[0].double() - reference.cos()).abs().max() < 0.02
         assert (sin[0].double() - reference.sin()).abs().max() < 0.02
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory, tiny):
+    """A random 2-layer Gemma 3 (one sliding-window layer, one global layer, per-layer-type RoPE)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = tmp_path_factory.mktemp("gemma3")
+    config = Gemma3TextConfig(
+        vocab_size=len(tiny.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return load_model(str(folder), "fp32")
+
+
+def test_gemma3_position_methods_rescale_the_global_layers_only(tiny_gemma3):
+    assert adapter.long_range_layer_types(tiny_gemma3.model.config) == ["full_attention"]
+    ids = torch.randint(5, 1000, (1, 200), generator=torch.Generator().manual_seed(3))
+    base = logits(tiny_gemma3, "none", ids)
+    assert torch.equal(logits(tiny_gemma3, "linear:factor=1", ids), base)
+    assert torch.equal(
+        logits(tiny_gemma3, "yarn:factor=4", ids), logits(tiny_gemma3, "hf:rope_type=yarn:factor=4", ids)
+    )
+    assert not torch.equal(logits(tiny_gemma3, "yarn:factor=4", ids), base)
+    rotary = adapter.rotary_module(tiny_gemma3.model)
+    with parse_stack("linear:factor=4").applied(tiny_gemma3):
+        cos_local, _ = rotary(torch.zeros(1), torch.arange(100)[None], "sliding_attention")
+    reference, _ = rotary(torch.zeros(1), torch.arange(100)[None], "sliding_attention")
+    assert torch.equal(cos_local, reference), "sliding-window layers keep their RoPE"
+    assert torch.equal(logits(tiny_gemma3, "none", ids), base)
+
+
+def test_gemma3_attention_methods_fail_clearly(tiny_gemma3):
+    with pytest.raises(LongreachError, match="support Llama-family attention .* this model uses Gemma3Attention"):
+        with parse_stack("selfextend").applied(tiny_gemma3):
+            pass

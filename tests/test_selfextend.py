@@ -80,6 +80,7 @@ def test_selfextend_changes_long_inputs_only(tiny):
 def test_rule_keeps_every_distance_within_two_thirds_of_the_window():
     assert choose_group(32768, 2048, 8192) == 9
     assert choose_group(16384, 2048, 8192) == 5
+    assert choose_group(8192, 2048, 8192) == 1, "inside the native window nothing is grouped"
     for target in (9000, 16384, 32768, 131072):
         group = choose_group(target, 2048, 8192)
         assert 2048 + (target - 2048) / group <= 2 / 3 * 8192 + 1e-9

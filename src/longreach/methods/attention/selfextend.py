@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from longreach.errors import LongreachError
 from longreach.methods.base import Kind, Method
 from longreach.models import adapter
 from longreach.params import require
@@ -36,10 +37,13 @@ QUERY_BLOCK = 1024
 
 
 def choose_group(target: int, window: int, native: int, usable: float = 2 / 3) -> int:
-    """Smallest G with W + (target - W) / G <= usable * native (LongLM README: keep positions well trained)."""
+    """G for reading ``target`` tokens: 1 (plain attention) inside the native window, else the smallest G
+    with W + (target - W) / G <= usable * native (LongLM README: keep positions well trained)."""
+    if target <= native:
+        return 1
     room = usable * native - window
-    if target <= usable * native or room <= 0:
-        return 1 if room > 0 else max(2, math.ceil(target / (usable * native)))
+    if room <= 0:
+        raise LongreachError(f"selfextend: window {window} leaves no room below {usable:.2f} x {native} positions")
     return max(1, math.ceil((target - window) / room))
 
 
@@ -82,7 +86,7 @@ def grouped_attention(
 class SelfExtend(Method):
     """Grouped attention with group size ``group`` and neighbour window ``window`` (0: chosen by rule)."""
 
-    group: int = field(default=0, metadata={"help": "G; 0: smallest G that keeps positions in 2/3 of L"})
+    group: int = field(default=0, metadata={"help": "G; 0: 1 inside L, else the smallest keeping positions < 2L/3"})
     window: int = field(default=0, metadata={"help": "W neighbour tokens; 0: L/4"})
     target: int = field(default=0, metadata={"help": "length the rule plans for (0: the length read)"})
 

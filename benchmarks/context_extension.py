@@ -1,0 +1,222 @@
+"""Issue 3 benchmark: how far SmolLM2-135M (native 8K) reads with each training-free extension method.
+
+Stages (each a resumable longreach sweep under runs/bench-context/, so a killed run continues):
+  timing   8K passkey, every row, 3 samples, methods interleaved, no prefix reuse: prefill overhead vs none
+  passkey  4K, 8K, 16K: every row, 10 samples (one per depth, depths spread over [0, 1]), prefix reuse on
+  passkey32 32K: the rows scoring >= 0.5 at 16K plus none and the transformers peers (others are recorded as
+           pruned, with their 16K score), same 10 samples
+  multikey niah_multikey_1 at 4K-32K, 4 samples, the rows of the 32K stage
+The summary (tables, targets, wall times, provenance) goes to benchmarks/results/context_extension.json and
+.md; the sweeps' own report.json files are copied under benchmarks/results/context_extension/.
+
+Rows use one configuration across lengths, planned for 32K (s = 4), as a user would set them: static methods
+show their short-input cost, dynamic ones (dynamic, SelfExtend's rule, longrope's short factors) do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from longreach.runner import SweepConfig, run_sweep
+from longreach.runner.provenance import environment
+
+MODEL = "smollm2-135m"
+NATIVE = 8192
+ROOT = Path("runs/bench-context")
+RESULTS = Path("benchmarks/results")
+DEPTHS = tuple(round(i / 9, 4) for i in range(10))  # ten depths spread over [0, 1]
+
+
+def longrope_factors(scale: float, pairs: int = 32, base: float = 1e5, window: int = NATIVE) -> str:
+    """A user-given LongRoPE list for SmolLM2: 1 for pairs with >= 32 turns in the window, ``scale`` for
+    pairs with < 1 turn, log-linear in between (NTK-by-parts shape; LongRoPE would search these)."""
+    factors = []
+    for i in range(pairs):
+        turns = window / (2 * math.pi * base ** (2 * i / (2 * pairs)))
+        ramp = min(1.0, max(0.0, math.log(32 / turns) / math.log(32))) if turns > 0 else 1.0
+        factors.append(round(scale**ramp, 4))
+    return "/".join(f"{f:g}" for f in factors)
+
+
+ROWS = [
+    "none",
+    "hf:rope_type=dynamic:factor=4",
+    "hf:rope_type=yarn:factor=4",
+    "linear:factor=4",
+    "ntk:factor=4",
+    "dynamic:factor=4",
+    "yarn:factor=4",
+    "llama3:factor=4",
+    f"longrope:long_factor={longrope_factors(4.0)}:factor=4",
+    "abf:scale=8",
+    "truncated",
+    "power",
+    "selfextend",
+]
+PEERS = ["none", "hf:rope_type=dynamic:factor=4", "hf:rope_type=yarn:factor=4"]
+
+
+def sweep(
+    name: str,
+    tasks: tuple[str, ...],
+    lengths: tuple[int, ...],
+    methods: list[str],
+    depths: tuple[float, ...],
+    samples: int,
+    *,
+    interleave: bool = False,
+    reuse: bool = True,
+) -> dict:
+    out = ROOT / name
+    config = SweepConfig(
+        model=MODEL,
+        tasks=tasks,
+        lengths=lengths,
+        out=out,
+        methods=tuple(methods),
+        depths=depths,
+        samples=samples,
+        dtype="bf16",
+        resume=True,
+        interleave=interleave,
+        reuse_prefix=reuse,
+    )
+    start = time.perf_counter()
+    run_sweep(config, show_progress=True)
+    seconds = time.perf_counter() - start
+    report = json.loads((out / "report.json").read_text())
+    target = RESULTS / "context_extension" / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("report.json", "report.md"):
+        shutil.copy(out / file, target / file)
+    return {"report": report, "seconds": seconds}
+
+
+def scores(report: dict) -> dict[tuple[str, int], float]:
+    return {(s["method"], s["context_length"]): s["score"] for s in report["summary"]}
+
+
+def canonical(spec: str) -> str:
+    from longreach.methods import parse_stack
+
+    return parse_stack(spec).repr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stages", default="timing,passkey,passkey32,multikey")
+    args = parser.parse_args()
+    stages = args.stages.split(",")
+    summary_path = RESULTS / "context_extension.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
+    summary["provenance"] = {**environment(), "model": MODEL, "native_context_length": NATIVE, "dtype": "bf16"}
+    summary["rows"] = [canonical(r) for r in ROWS]
+
+    if "timing" in stages:
+        run = sweep("timing", ("passkey",), (8192,), ROWS, (0.5,), 3, interleave=True, reuse=False)
+        cells = run["report"]["cells"]
+        prefill = {
+            m: statistics.median(c["prefill_seconds"] for c in cells if c["method"] == m)
+            for m in {c["method"] for c in cells}
+        }
+        peak = {m: max(c["peak_rss_mb"] for c in cells if c["method"] == m) for m in prefill}
+        summary["stages"]["timing"] = {
+            "seconds": run["seconds"],
+            "prefill_median_s": prefill,
+            "prefill_ratio_vs_none": {m: prefill[m] / prefill["none"] for m in prefill},
+            "peak_rss_mb": peak,
+        }
+        write(summary)
+
+    if "passkey" in stages:
+        run = sweep("passkey", ("passkey",), (4096, 8192, 16384), ROWS, DEPTHS, 1)
+        summary["stages"]["passkey"] = {"seconds": run["seconds"], "scores": as_table(scores(run["report"]))}
+        write(summary)
+
+    passkey16 = {m: s for (m, length), s in table_items(summary, "passkey") if length == 16384}
+    survivors = [r for r in ROWS if canonical(r) in PEERS or passkey16.get(canonical(r), 0.0) >= 0.5]
+    if "passkey32" in stages:
+        run = sweep("passkey32", ("passkey",), (32768,), survivors, DEPTHS, 1)
+        summary["stages"]["passkey32"] = {
+            "seconds": run["seconds"],
+            "scores": as_table(scores(run["report"])),
+            "pruned": {canonical(r): passkey16.get(canonical(r)) for r in ROWS if r not in survivors},
+        }
+        write(summary)
+
+    if "multikey" in stages:
+        run = sweep("multikey", ("niah_multikey_1",), (4096, 8192, 16384, 32768), survivors, (0.1, 0.4, 0.6, 0.9), 1)
+        summary["stages"]["multikey"] = {"seconds": run["seconds"], "scores": as_table(scores(run["report"]))}
+        write(summary)
+
+
+def as_table(table: dict[tuple[str, int], float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for (method, length), score in table.items():
+        out.setdefault(method, {})[str(length)] = score
+    return out
+
+
+def table_items(summary: dict, stage: str):
+    for method, by_length in summary["stages"].get(stage, {}).get("scores", {}).items():
+        for length, score in by_length.items():
+            yield (method, int(length)), score
+
+
+def write(summary: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "context_extension.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / "context_extension.md").write_text(markdown(summary))
+
+
+def markdown(summary: dict) -> str:
+    rows = summary["rows"]
+    stages = summary["stages"]
+    lines = [
+        "# Context extension on SmolLM2-135M (native 8K), bf16, 2 CPU cores",
+        "",
+        f"Provenance: {json.dumps(summary['provenance'])}",
+        "",
+    ]
+    lengths = ["4096", "8192", "16384", "32768"]
+    passkey = {
+        m: {
+            **stages.get("passkey", {}).get("scores", {}).get(m, {}),
+            **stages.get("passkey32", {}).get("scores", {}).get(m, {}),
+        }
+        for m in rows
+    }
+    multikey = stages.get("multikey", {}).get("scores", {})
+    timing = stages.get("timing", {})
+    lines += [
+        "| method | passkey 4K | 8K | 16K | 32K | multikey 4K | 8K | 16K | 32K | prefill 8K s | vs none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in rows:
+        cells = [_fmt(passkey[m].get(x)) for x in lengths] + [_fmt(multikey.get(m, {}).get(x)) for x in lengths]
+        prefill = timing.get("prefill_median_s", {}).get(m)
+        ratio = timing.get("prefill_ratio_vs_none", {}).get(m)
+        cells += [f"{prefill:.1f}" if prefill else "", f"{ratio:.3f}" if ratio else ""]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    pruned = stages.get("passkey32", {}).get("pruned", {})
+    if pruned:
+        lines += [
+            "",
+            "Not run at 32K (passkey < 0.5 at 16K): " + ", ".join(f"{m} ({s:.1f})" for m, s in pruned.items()),
+        ]
+    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in stages.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    main()
