@@ -31,6 +31,7 @@ NATIVE = 8192
 ROOT = Path("runs/bench-context")
 RESULTS = Path("benchmarks/results")
 DEPTHS = tuple(round(i / 9, 4) for i in range(10))  # ten depths spread over [0, 1]
+LENGTHS = {"timing": 8192, "passkey": (4096, 8192, 16384), "passkey32": 32768, "multikey": (4096, 8192, 16384, 32768)}
 
 
 def longrope_factors(scale: float, pairs: int = 32, base: float = 1e5, window: int = NATIVE) -> str:
@@ -111,7 +112,10 @@ def canonical(spec: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default="timing,passkey,passkey32,multikey")
+    parser.add_argument("--smoke", action="store_true", help="tiny-llama, short lengths, into /tmp (a dry run)")
     args = parser.parse_args()
+    if args.smoke:
+        smoke()
     stages = args.stages.split(",")
     summary_path = RESULTS / "context_extension.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
@@ -119,7 +123,7 @@ def main() -> None:
     summary["rows"] = [canonical(r) for r in ROWS]
 
     if "timing" in stages:
-        run = sweep("timing", ("passkey",), (8192,), ROWS, (0.5,), 3, interleave=True, reuse=False)
+        run = sweep("timing", ("passkey",), (LENGTHS["timing"],), ROWS, (0.5,), 3, interleave=True, reuse=False)
         cells = run["report"]["cells"]
         prefill = {
             m: statistics.median(c["prefill_seconds"] for c in cells if c["method"] == m)
@@ -135,14 +139,14 @@ def main() -> None:
         write(summary)
 
     if "passkey" in stages:
-        run = sweep("passkey", ("passkey",), (4096, 8192, 16384), ROWS, DEPTHS, 1)
+        run = sweep("passkey", ("passkey",), LENGTHS["passkey"], ROWS, DEPTHS, 1)
         summary["stages"]["passkey"] = {"seconds": run["seconds"], "scores": as_table(scores(run["report"]))}
         write(summary)
 
-    passkey16 = {m: s for (m, length), s in table_items(summary, "passkey") if length == 16384}
+    passkey16 = {m: s for (m, length), s in table_items(summary, "passkey") if length == LENGTHS["passkey"][-1]}
     survivors = [r for r in ROWS if canonical(r) in PEERS or passkey16.get(canonical(r), 0.0) >= 0.5]
     if "passkey32" in stages:
-        run = sweep("passkey32", ("passkey",), (32768,), survivors, DEPTHS, 1)
+        run = sweep("passkey32", ("passkey",), (LENGTHS["passkey32"],), survivors, DEPTHS, 1)
         summary["stages"]["passkey32"] = {
             "seconds": run["seconds"],
             "scores": as_table(scores(run["report"])),
@@ -151,9 +155,20 @@ def main() -> None:
         write(summary)
 
     if "multikey" in stages:
-        run = sweep("multikey", ("niah_multikey_1",), (4096, 8192, 16384, 32768), survivors, (0.1, 0.4, 0.6, 0.9), 1)
+        run = sweep("multikey", ("niah_multikey_1",), LENGTHS["multikey"], survivors, (0.1, 0.4, 0.6, 0.9), 1)
         summary["stages"]["multikey"] = {"seconds": run["seconds"], "scores": as_table(scores(run["report"]))}
         write(summary)
+
+
+def smoke() -> None:
+    """Point every constant at a seconds-long dry run on tiny-llama (native 2K; lengths / 4)."""
+    global MODEL, NATIVE, ROOT, RESULTS, ROWS, PEERS, LENGTHS
+    MODEL, NATIVE, ROOT, RESULTS = "tiny-llama", 2048, Path("/tmp/bench-context-smoke"), Path("/tmp/bench-context-smoke")
+    shutil.rmtree(ROOT, ignore_errors=True)
+    ROWS = [r.replace(f"long_factor={longrope_factors(4.0)}", f"long_factor={longrope_factors(4.0, pairs=8)}")
+            for r in ROWS]
+    PEERS = [canonical(p) for p in PEERS]
+    LENGTHS = {"timing": 2048, "passkey": (1024, 2048, 4096), "passkey32": 8192, "multikey": (1024, 2048, 4096, 8192)}
 
 
 def as_table(table: dict[tuple[str, int], float]) -> dict[str, dict[str, float]]:
@@ -184,7 +199,7 @@ def markdown(summary: dict) -> str:
         f"Provenance: {json.dumps(summary['provenance'])}",
         "",
     ]
-    lengths = ["4096", "8192", "16384", "32768"]
+    lengths = [str(x) for x in LENGTHS["multikey"]]
     passkey = {
         m: {
             **stages.get("passkey", {}).get("scores", {}).get(m, {}),

@@ -15,6 +15,15 @@ class Request:
     prompt: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    question_offset: int | None = None  # where the question starts in ``prompt`` (None: not split)
+
+    @property
+    def context(self) -> str:
+        return self.prompt if self.question_offset is None else self.prompt[: self.question_offset]
+
+    @property
+    def question(self) -> str:
+        return "" if self.question_offset is None else self.prompt[self.question_offset :]
 
 
 @dataclass(frozen=True)

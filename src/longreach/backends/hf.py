@@ -2,11 +2,14 @@
 
 Each request is prefilled once with ``logits_to_keep=1`` (full logits at 8K tokens x 262K vocab would
 be 8.6 GB), then decoded greedily one token at a time from the KV cache. Per request it records wall
-and prefill seconds, the peak RSS of the process and the physical bytes of the KV cache.
+and prefill seconds, the peak RSS of the process and the physical bytes of the KV cache. A stack with a
+reader method hands the request to the reader, which owns the loop over the input and calls
+:meth:`HFBackend.complete` for the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,21 +73,35 @@ class HFBackend:
         return common, previous.cache
 
     def _one(self, request: Request, stack: MethodStack) -> Generation:
-        model = self.loaded.model
+        reader = stack.of_kind("reader")
+        if reader is not None:
+            with peak_rss() as peak:
+                generation = reader.read(self, request, stack.without("reader"))
+            return dataclasses.replace(generation, peak_rss_mb=peak.mb)
         prompt_ids = tokens.encode(self.tokenizer, request.prompt)
-        ids = torch.tensor([prompt_ids])
         reused, cache = self._reusable(stack, prompt_ids) if self.reuse_prefix else (0, None)
+        with peak_rss() as peak:
+            generation, cache = self.complete(prompt_ids, request, stack, reused=reused, cache=cache)
+        if self.reuse_prefix:
+            self._previous = _Previous(stack.repr, prompt_ids, cache)
+        return dataclasses.replace(generation, peak_rss_mb=peak.mb)
+
+    def complete(
+        self, prompt_ids: list[int], request: Request, stack: MethodStack, reused: int = 0, cache: Any = None
+    ) -> tuple[Generation, Any]:
+        """Prefill ``prompt_ids`` (from token ``reused`` on, on top of ``cache``) under ``stack``, then decode
+        greedily. Returns the generation (peak RSS left 0: the caller measures it) and the final cache."""
+        model = self.loaded.model
+        ids = torch.tensor([prompt_ids])
         new_ids: list[int] = []
         text = ""
-        with torch.inference_mode(), stack.applied(self.loaded), peak_rss() as peak:
+        with torch.inference_mode(), stack.applied(self.loaded):
             start = time.perf_counter()
             logits, cache = adapter.forward(model, ids[:, reused:], cache, start=reused)
             prefill_seconds = time.perf_counter() - start
             kv_bytes = adapter.cache_bytes(cache)
             next_id = int(logits[0, -1].argmax())
-            while True:
-                if next_id in self.eos_ids:
-                    break
+            while next_id not in self.eos_ids:
                 new_ids.append(next_id)
                 text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
                 cut = cut_at_stop(text, request.stop)
@@ -93,24 +110,22 @@ class HFBackend:
                     break
                 if len(new_ids) >= request.max_new_tokens:
                     break
-                logits, cache = adapter.forward(
-                    model, torch.tensor([[next_id]]), cache, start=ids.shape[1] + len(new_ids) - 1
-                )
+                position = len(prompt_ids) + len(new_ids) - 1
+                logits, cache = adapter.forward(model, torch.tensor([[next_id]]), cache, start=position)
                 next_id = int(logits[0, -1].argmax())
             kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
             seconds = time.perf_counter() - start
-        if self.reuse_prefix:
-            self._previous = _Previous(stack.repr, prompt_ids, cache)
-        return Generation(
+        generation = Generation(
             text=text,
-            prompt_tokens=ids.shape[1],
+            prompt_tokens=len(prompt_ids),
             new_tokens=len(new_ids),
             seconds=seconds,
             prefill_seconds=prefill_seconds,
-            peak_rss_mb=peak.mb,
+            peak_rss_mb=0.0,
             kv_cache_bytes=kv_bytes,
             reused_tokens=reused,
         )
+        return generation, cache
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -10,16 +10,17 @@ planned for TARGET, and none. The result is cached on disk per (model file, dtyp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from longreach import tokens
-from longreach.errors import LongreachError
 from longreach.methods.base import KIND_ORDER, Kind, Method
 from longreach.methods.spec import MethodStack, parse_stack
 from longreach.models import adapter
@@ -33,7 +34,7 @@ CALIBRATION_DEPTHS = (0.25, 0.75)
 
 @dataclass(frozen=True)
 class Auto(Method):
-    """Placeholder resolved by :func:`calibrate` before a sweep runs (see the module docstring)."""
+    """Reads with the method :func:`calibrate` picks for ``target`` (see the module docstring)."""
 
     target: int = field(default=0, metadata={"help": "the length to read, in tokens"})
 
@@ -50,8 +51,13 @@ class Auto(Method):
             return "auto chooses the position or attention method itself"
         return None
 
-    def applied(self, loaded: LoadedModel):  # type: ignore[override]
-        raise LongreachError("auto must be resolved by calibration before it is applied")
+    @contextlib.contextmanager
+    def applied(self, loaded: LoadedModel) -> Iterator[None]:
+        """Calibrate (or read the cached calibration) and apply the chosen method. A sweep resolves ``auto``
+        up front instead, so that the choice is recorded with the results."""
+        chosen = parse_stack(cached_calibration(loaded, self.target).chosen)
+        with chosen.applied(loaded):
+            yield
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ class MethodStack:
     def of_kind(self, kind: str) -> Method | None:
         return next((m for m in self.methods if m.kind == kind), None)
 
+    def without(self, kind: str) -> MethodStack:
+        """The stack minus its method of ``kind`` (a reader runs the rest inside its loop)."""
+        return MethodStack(tuple(m for m in self.methods if m.kind != kind))
+
     @property
     def needs_attention_probs(self) -> bool:
         return any(m.needs_attention_probs for m in self.methods)

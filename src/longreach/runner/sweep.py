@@ -200,7 +200,8 @@ def _run_cells(
 def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -> CellResult:
     try:
         sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index)
-        generation = backend.generate([Request(sample.prompt, sample.max_new_tokens, sample.stop)], stack)[0]
+        request = Request(sample.prompt, sample.max_new_tokens, sample.stop, question_offset=len(sample.context))
+        generation = backend.generate([request], stack)[0]
         score = task.score(sample, generation.text)
     except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
         return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")

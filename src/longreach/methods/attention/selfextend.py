@@ -8,8 +8,8 @@ so no relative distance exceeds W + (n - W) / G. Keys are cached before rotation
 For n <= W every pair is a neighbour and the layer runs the model's own attention function: the output is
 exactly the unmodified model's.
 
-One score pass covers both kinds: queries [q_nb, q_gp] (2d wide) meet keys [k_nb, 0] (near copies) and
-[0, k_gp] (far copies) under a mask that admits each pair's one copy, with the softmax scale of d.
+Per block of queries, neighbour and grouped attention run as two flash-attention passes over disjoint key
+ranges, merged exactly through their log-sum-exps (as LongLM's flash variant does).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def choose_group(target: int, window: int, native: int, usable: float = 2 / 3) -
 def grouped_attention(
     call: adapter.AttentionCall, key: torch.Tensor, value: torch.Tensor, window: int, group: int
 ) -> torch.Tensor:
-    """SelfExtend attention of the new queries over all cached keys. key/value (b, k, n, d) pre-RoPE;
-    returns (b, t, h, d)."""
+    """SelfExtend attention of the new queries over all keys. key/value (b, k, n, d) pre-RoPE;
+    returns (b, t, h, d). Per block of queries, grouped attention over far keys and neighbour attention
+    over near keys are computed separately and merged exactly through their log-sum-exps."""
     n = key.shape[2]
     key_positions = torch.arange(n, device=key.device)
     query_positions = call.positions
@@ -61,8 +62,6 @@ def grouped_attention(
     k_near = call.rotate(key, key_positions).repeat_interleave(call.groups, dim=1)
     k_far = call.rotate(key, key_positions // group).repeat_interleave(call.groups, dim=1)
     values = value.repeat_interleave(call.groups, dim=1)
-    zeros = torch.zeros_like(k_near)
-    keys_near, keys_far = torch.cat((k_near, zeros), -1), torch.cat((zeros, k_far), -1)
     outputs = []
     for start in range(0, query_positions.shape[0], QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, query_positions.shape[0])
@@ -70,15 +69,28 @@ def grouped_attention(
         first_near = max(0, int(positions[0]) - window + 1)
         last = int(positions[-1]) + 1
         far_end = max(0, last - window)
-        distance_far = positions[:, None] - key_positions[None, :far_end]
         distance_near = positions[:, None] - key_positions[None, first_near:last]
-        mask = torch.cat(((distance_far >= window), (distance_near >= 0) & (distance_near < window)), dim=1)
-        query = torch.cat((q_near[:, :, start:stop], q_far[:, :, start:stop]), -1)
-        keys = torch.cat((keys_far[:, :, :far_end], keys_near[:, :, first_near:last]), dim=2)
-        vals = torch.cat((values[:, :, :far_end], values[:, :, first_near:last]), dim=2)
-        outputs.append(
-            torch.nn.functional.scaled_dot_product_attention(query, keys, vals, attn_mask=mask, scale=call.scaling)
-        )
+        parts = [
+            adapter.attention_with_lse(
+                q_near[:, :, start:stop],
+                k_near[:, :, first_near:last],
+                values[:, :, first_near:last],
+                (distance_near >= 0) & (distance_near < window),
+                call.scaling,
+            )
+        ]
+        if far_end > 0:
+            distance_far = positions[:, None] - key_positions[None, :far_end]
+            parts.append(
+                adapter.attention_with_lse(
+                    q_far[:, :, start:stop],
+                    k_far[:, :, :far_end],
+                    values[:, :, :far_end],
+                    distance_far >= window,
+                    call.scaling,
+                )
+            )
+        outputs.append(adapter.merge_attention(parts))
     return torch.cat(outputs, dim=2).transpose(1, 2)
 
 

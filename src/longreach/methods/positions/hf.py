@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 class HfRope(Method):
     """A transformers rope_type with a factor (``original_max=0``: the model's native window)."""
 
-    rope_type: Literal["linear", "dynamic", "yarn", "llama3"] = field(
-        default="dynamic", metadata={"help": "linear | dynamic | yarn | llama3"}
+    rope_type: Literal["", "linear", "dynamic", "yarn", "llama3"] = field(
+        default="", metadata={"help": "linear | dynamic | yarn | llama3 (required)"}
     )
     factor: float = field(default=2.0, metadata={"help": "scale s"})
     original_max: int = field(default=0, metadata={"help": "pre-extension window (0: the model's)"})
@@ -34,8 +34,10 @@ class HfRope(Method):
     kind: ClassVar[Kind] = "position"
     summary: ClassVar[str] = "transformers' own rope_type via the config (peer baseline)"
     paper: ClassVar[str] = "transformers modeling_rope_utils"
+    example: ClassVar[str] = "hf:rope_type=dynamic"
 
     def __post_init__(self) -> None:
+        require(bool(self.rope_type), "hf: give rope_type (linear, dynamic, yarn or llama3), e.g. hf:rope_type=yarn")
         require(self.factor >= 1.0, f"hf: factor must be >= 1; got {self.factor:g}")
 
     def conflict_with(self, other: Method) -> str | None:

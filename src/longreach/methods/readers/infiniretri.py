@@ -1,0 +1,175 @@
+"""``infiniretri``: read chunk by chunk, keep the sentences the question attends to (Ye, Wang, Wang 2025,
+"Infinite Retrieval", arXiv 2502.12962; reference code: PyPI ``infini-retri`` 0.0.3).
+
+Ein legend: h query heads, m question tokens, c context tokens of one step, s sentences.
+The context is split into sentences and grouped into chunks of about ``chunk`` tokens. Step i reads
+  [special tokens] + sink sentences + retained sentences + chunk i + question
+and, at layer ``layer``, takes the attention of the question rows over the context columns, summed over
+heads (m, c); a 1-D convolution with ``phrase`` ones smooths it into phrase scores; question tokens are
+weighted by the attention they receive from the question itself (use_question_weight); the ``topk``
+best-scoring tokens select whole sentences, which become the retained set (token ids only, no KV).
+After the last chunk the model answers from sink + retained sentences + question. Layers after ``layer``
+are skipped during the scoring passes, so a middle layer makes each step cheaper.
+
+When sink + context + question fit in one chunk, the reader hands the prompt to the plain model: the answer
+equals the unmodified model's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from longreach import tokens
+from longreach.methods.readers.base import ReaderMethod
+from longreach.models import adapter
+from longreach.params import require
+
+if TYPE_CHECKING:
+    from longreach.backends.base import Generation, Request
+    from longreach.backends.hf import HFBackend
+    from longreach.methods.spec import MethodStack
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\n+")
+
+
+class _Stop(Exception):
+    """Raised inside the forward once the selection layer has been scored: later layers are not needed."""
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences with the whitespace that follows them, so ``"".join(split_sentences(t)) == t``."""
+    pieces, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        pieces.append(text[start : match.end()])
+        start = match.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+@dataclass(frozen=True)
+class InfiniRetri(ReaderMethod):
+    """Attention-guided sentence retrieval over chunks; memory stays flat, cost grows linearly."""
+
+    chunk: int = field(default=1024, metadata={"help": "new context tokens read per step"})
+    topk: int = field(default=300, metadata={"help": "tokens whose sentences are retained each step"})
+    phrase: int = field(default=8, metadata={"help": "smoothing window in tokens (phrase_token_num)"})
+    layer: int = field(default=-1, metadata={"help": "selection layer (negative: from the last)"})
+    sink: int = field(default=64, metadata={"help": "leading context tokens always kept (instructions)"})
+
+    name: ClassVar[str] = "infiniretri"
+    summary: ClassVar[str] = "InfiniRetri: read in chunks, keep the sentences the question attends to"
+    paper: ClassVar[str] = "Ye et al. 2025, Infinite Retrieval"
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "topk", "phrase"):
+            require(getattr(self, name) >= 1, f"infiniretri: {name} must be >= 1; got {getattr(self, name)}")
+        require(self.sink >= 0, f"infiniretri: sink must be >= 0; got {self.sink}")
+
+    def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
+        tokenizer = backend.tokenizer
+        special = tokens.encode(tokenizer, "")
+        sentences = split_sentences(request.context)
+        ids = tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
+        question = tokenizer(request.question, add_special_tokens=False)["input_ids"]
+        sink = _leading(ids, self.sink)
+        if sum(map(len, ids)) <= self.chunk + self.topk:  # fits: the plain model reads it
+            return backend.complete(tokens.encode(tokenizer, request.prompt), request, inner)[0]
+        retained: list[int] = []
+        steps, start = 0, time_now()
+        for chunk in _chunks(ids, sink, self.chunk):
+            retained = self._select(backend, inner, special, ids, sink, retained + chunk, question)
+            steps += 1
+        prompt_ids = special + [t for i in sink + retained for t in ids[i]] + question
+        generation, _ = backend.complete(prompt_ids, request, inner)
+        seconds = time_now() - start
+        return _with_reading_cost(generation, seconds, sum(map(len, ids)) + len(question) + len(special))
+
+    def _select(
+        self, backend: HFBackend, inner: MethodStack, special: list[int], ids: list[list[int]], sink: list[int],
+        candidates: list[int], question: list[int],
+    ) -> list[int]:
+        """Indices (sorted) of the candidate sentences holding the ``topk`` best-scoring tokens."""
+        owners = [i for i in candidates for _ in ids[i]]
+        context = [t for i in candidates for t in ids[i]]
+        prefix = special + [t for i in sink for t in ids[i]]
+        step_ids = torch.tensor([prefix + context + question])
+        scores = self._question_attention(backend, inner, step_ids, len(prefix), len(context), len(question))
+        top = torch.topk(scores, min(self.topk, scores.shape[0])).indices
+        return sorted({owners[int(i)] for i in top})
+
+    def _question_attention(
+        self, backend: HFBackend, inner: MethodStack, step_ids: torch.Tensor, offset: int, width: int, m: int
+    ) -> torch.Tensor:
+        """Per context token (c,): phrase-smoothed, question-weighted attention from the question rows."""
+        model = backend.loaded.model
+        layers = len(adapter.attention_modules(model))
+        target = self.layer % layers
+        found: dict[str, torch.Tensor] = {}
+
+        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
+            query = call.rotate(call.query, call.positions)
+            key = call.rotate(call.key, call.positions)
+            if call.layer == target:
+                keys = key.repeat_interleave(call.groups, dim=1)
+                rows = query[:, :, -m:] @ keys.transpose(-1, -2) * call.scaling  # (b, h, m, n)
+                causal = torch.arange(keys.shape[2]) > (call.positions[-m:, None])
+                probs = rows.float().masked_fill(causal, float("-inf")).softmax(-1).sum(dim=1)[0]  # (m, n)
+                found["probs"] = probs
+                raise _Stop
+            return call.standard(query, key, call.value)
+
+        with torch.inference_mode(), inner.applied(backend.loaded), adapter.patched_attention(model, kernel):
+            try:
+                positions = torch.arange(step_ids.shape[1]).unsqueeze(0)
+                model.model(input_ids=step_ids, position_ids=positions, use_cache=False)
+            except _Stop:
+                pass
+        probs = found["probs"]
+        to_context = probs[:, offset : offset + width]  # (m, c)
+        padded = torch.nn.functional.pad(to_context[:, None, :], (self.phrase // 2, (self.phrase - 1) // 2))
+        smoothed = torch.nn.functional.conv1d(padded, torch.ones(1, 1, self.phrase))[:, 0, :]  # "same" width
+        weights = probs[:, offset + width :].sum(dim=1, keepdim=True)  # (m, 1): attention among the question
+        return (weights * smoothed).sum(dim=0)
+
+
+def _leading(ids: list[list[int]], budget: int) -> list[int]:
+    """Indices of the first sentences that fit in ``budget`` tokens."""
+    chosen, used = [], 0
+    for i, sentence in enumerate(ids):
+        if used + len(sentence) > budget:
+            break
+        chosen.append(i)
+        used += len(sentence)
+    return chosen
+
+
+def _chunks(ids: list[list[int]], sink: list[int], size: int) -> list[list[int]]:
+    """Sentence indices after the sink, grouped into chunks of at most ``size`` tokens (a longer sentence
+    is a chunk of its own)."""
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for i in range(len(sink), len(ids)):
+        if chunks[-1] and used + len(ids[i]) > size:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += len(ids[i])
+    return [c for c in chunks if c]
+
+
+def time_now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def _with_reading_cost(generation: Generation, seconds: float, prompt_tokens: int) -> Generation:
+    """The answer's generation with the whole reading's wall time and the original prompt length."""
+    import dataclasses
+
+    return dataclasses.replace(generation, seconds=seconds, prompt_tokens=prompt_tokens)
