@@ -370,3 +370,10 @@ def merge_attention(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Ten
     total = weights.sum(dim=0)
     merged = sum(w[..., None] * out.float() for (out, _), w in zip(parts, weights, strict=True))
     return (merged / total[..., None]).to(parts[0][0].dtype)
+
+
+def new_cache(model: Any) -> Any:
+    """An empty transformers KV cache for ``model`` (DynamicCache)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)

@@ -90,8 +90,14 @@ class InfiniRetri(ReaderMethod):
         return _with_reading_cost(generation, seconds, sum(map(len, ids)) + len(question) + len(special))
 
     def _select(
-        self, backend: HFBackend, inner: MethodStack, special: list[int], ids: list[list[int]], sink: list[int],
-        candidates: list[int], question: list[int],
+        self,
+        backend: HFBackend,
+        inner: MethodStack,
+        special: list[int],
+        ids: list[list[int]],
+        sink: list[int],
+        candidates: list[int],
+        question: list[int],
     ) -> list[int]:
         """Indices (sorted) of the candidate sentences holding the ``topk`` best-scoring tokens."""
         owners = [i for i in candidates for _ in ids[i]]

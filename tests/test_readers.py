@@ -1,0 +1,111 @@
+"""Readers: invariants (input that fits reads exactly like the plain model) and their kernels' oracles."""
+
+import pytest
+import torch
+
+from longreach.backends import HFBackend, Request
+from longreach.errors import LongreachError
+from longreach.methods import parse_stack
+from longreach.methods.readers.blocks import BlockRetrieval
+from longreach.methods.readers.infiniretri import split_sentences
+from longreach.models import adapter
+from longreach.tasks import parse_task
+
+
+def request_for(sample):
+    return Request(sample.prompt, 8, sample.stop, question_offset=len(sample.context))
+
+
+@pytest.mark.parametrize("spec", ["infiniretri", "longheads", "landmark:block=64:blocks=8"])
+def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
+    sample = parse_task("passkey").task.generate(tiny.tokenizer, 400, 0.5, seed=0, index=0)
+    plain = HFBackend(tiny).generate([request_for(sample)], parse_stack("none"))[0]
+    read = HFBackend(tiny).generate([request_for(sample)], parse_stack(spec))[0]
+    assert read.text == plain.text and read.new_tokens == plain.new_tokens
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "infiniretri:chunk=256:topk=40",
+        "longheads:chunk=32:chunks=6:segment=128",
+        "landmark:block=32:blocks=6:segment=96",
+        "infiniretri:chunk=256+dynamic",
+    ],
+)
+def test_readers_answer_inputs_far_beyond_their_chunk(tiny, spec):
+    sample = parse_task("niah_single_2").task.generate(tiny.tokenizer, 3000, 0.3, seed=0, index=0)
+    generation = HFBackend(tiny).generate([request_for(sample)], parse_stack(spec))[0]
+    assert generation.new_tokens >= 1 and generation.seconds > 0 and generation.peak_rss_mb > 0
+
+
+def naive_block_attention(call, key, value, block, slots, first_query):
+    """The retrieval rule written out per head with loops: mean-key summaries, top blocks by the mean
+    query, contiguous positions, causal softmax over the gathered keys. Output (t, h, d) for the queries
+    of one block starting at ``first_query``."""
+    current = first_query // block
+    heads, d = call.query.shape[1], call.query.shape[3]
+    out = torch.zeros(call.query.shape[2], heads, d)
+    for head in range(heads):
+        kv = head // call.groups
+        query = call.query[0, head]  # (t, d)
+        summaries = [key[0, kv, b * block : (b + 1) * block].mean(0) for b in range(1, current - 1)]
+        scores = torch.stack([query.mean(0) @ s for s in summaries])
+        chosen = sorted((torch.topk(scores, slots - 3).indices + 1).tolist())
+        blocks = [0] + chosen + [current - 1]
+        index = [b * block + i for b in blocks for i in range(block)] + list(
+            range(current * block, first_query + query.shape[0])
+        )
+        k = key[0, kv, index][None, None]
+        v = value[0, kv, index]
+        q_pos = len(blocks) * block + torch.arange(query.shape[0])
+        k_rot = call.rotate(k, torch.arange(len(index)))[0, 0]
+        q_rot = call.rotate(query[None, None], q_pos)[0, 0]
+        s = (q_rot @ k_rot.T) * call.scaling
+        s = s.masked_fill(torch.arange(len(index))[None, :] > q_pos[:, None], float("-inf"))
+        out[:, head] = s.softmax(-1) @ v
+    return out
+
+
+def test_block_retrieval_kernel_matches_the_rule_written_out(tiny):
+    block, slots, n = 16, 5, 12 * 16
+    g = torch.Generator().manual_seed(4)
+    module = adapter.attention_modules(tiny.model)[0]
+    query, key, value = (
+        torch.randn(1, 4, n, 16, generator=g),
+        torch.randn(1, 2, n, 16, generator=g),
+        torch.randn(1, 2, n, 16, generator=g),
+    )
+    retrieval = BlockRetrieval(block=block, slots=slots, summary="mean")
+    rotary = adapter.rotary_module(tiny.model)
+    call = adapter.AttentionCall(module, 0, query, key, value, torch.arange(n), None, None, None, None, {}, rotary)
+    ours = retrieval.kernel(call)[0]  # (n, h, d)
+    last = n - block
+    last_call = adapter.AttentionCall(
+        module, 0, query[:, :, last:], None, None, torch.arange(last, n), None, None, None, None, {}, rotary
+    )
+    expected = naive_block_attention(last_call, key, value, block, slots, last)
+    torch.testing.assert_close(ours[last:], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("summary", ["mean", "pooled"])
+def test_block_retrieval_keeps_positions_inside_the_window_and_decodes(tiny, summary):
+    ids = torch.randint(5, 1000, (1, 40 * 16), generator=torch.Generator().manual_seed(6))
+    retrieval = BlockRetrieval(block=16, slots=6, summary=summary)
+    with torch.no_grad(), adapter.patched_attention(tiny.model, retrieval.kernel):
+        _, cache = adapter.forward(tiny.model, ids[:, :-1])
+        logits, cache = adapter.forward(tiny.model, ids[:, -1:], cache, start=ids.shape[1] - 1)
+    assert torch.isfinite(logits).all()
+    assert len(retrieval.layers[0].summaries) == 40, "every complete block is summarised, decode included"
+    assert retrieval.layers[0].summaries[0].shape == (4, 16)
+
+
+def test_sentence_split_keeps_every_character():
+    text = "First one. Second?  Third!\n\nFourth without end"
+    pieces = split_sentences(text)
+    assert "".join(pieces) == text and len(pieces) == 4
+
+
+def test_readers_refuse_attention_methods():
+    with pytest.raises(LongreachError, match="longheads cannot be stacked with selfextend: both replace"):
+        parse_stack("longheads+selfextend")
