@@ -163,10 +163,16 @@ def main() -> None:
 def smoke() -> None:
     """Point every constant at a seconds-long dry run on tiny-llama (native 2K; lengths / 4)."""
     global MODEL, NATIVE, ROOT, RESULTS, ROWS, PEERS, LENGTHS
-    MODEL, NATIVE, ROOT, RESULTS = "tiny-llama", 2048, Path("/tmp/bench-context-smoke"), Path("/tmp/bench-context-smoke")
+    MODEL, NATIVE, ROOT, RESULTS = (
+        "tiny-llama",
+        2048,
+        Path("/tmp/bench-context-smoke"),
+        Path("/tmp/bench-context-smoke"),
+    )
     shutil.rmtree(ROOT, ignore_errors=True)
-    ROWS = [r.replace(f"long_factor={longrope_factors(4.0)}", f"long_factor={longrope_factors(4.0, pairs=8)}")
-            for r in ROWS]
+    ROWS = [
+        r.replace(f"long_factor={longrope_factors(4.0)}", f"long_factor={longrope_factors(4.0, pairs=8)}") for r in ROWS
+    ]
     PEERS = [canonical(p) for p in PEERS]
     LENGTHS = {"timing": 2048, "passkey": (1024, 2048, 4096), "passkey32": 8192, "multikey": (1024, 2048, 4096, 8192)}
 

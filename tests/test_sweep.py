@@ -199,3 +199,16 @@ def _rows(folder: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def test_a_bounded_reader_is_not_refused_for_lengths_beyond_memory(tmp_path, monkeypatch):
+    import longreach.runner.sweep as sweep
+
+    monkeypatch.setattr(sweep.psutil, "virtual_memory", lambda: SimpleNamespace(available=100_000, total=2**34))
+    summary = run_sweep(
+        config(
+            tmp_path, tasks=("passkey",), lengths=(3000,), depths=(0.5,), methods=("infiniretri:chunk=512:topk=50",)
+        ),
+        show_progress=False,
+    )
+    assert summary.ran == 1 and summary.failed == 0

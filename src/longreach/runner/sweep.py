@@ -69,7 +69,7 @@ def run_sweep(
     if todo:
         with console.status(f"loading {config.model} ({config.dtype})"):
             loaded = loader(config.model, config.dtype)
-        _check_capacity(loaded, todo)
+        _check_capacity(loaded, [cell for cell in todo if not _bounded(stacks[cell.method])])
         with ResultsStore(config.out) as store:
             _store_run_meta(store, config, loaded)
             stacks = _resolve_auto(stacks, loaded, store, config, console)
@@ -109,8 +109,16 @@ def _check_lengths_fit(plan: Plan, tokenizer: Any) -> None:
                 raise LongreachError(f"{parsed.spec} at {length} tokens: {exc}") from None
 
 
+def _bounded(stack: MethodStack) -> bool:
+    """True when the stack's reader keeps positions and memory bounded whatever the input length."""
+    reader = stack.of_kind("reader")
+    return bool(reader is not None and getattr(reader, "bounded_memory", False))
+
+
 def _check_capacity(loaded: LoadedModel, cells: list[Cell]) -> None:
     """Refuse lengths the model cannot run at all: past an absolute position table, or beyond memory."""
+    if not cells:
+        return
     longest = max(cells, key=lambda cell: cell.context_length)
     budget = 128  # generation tokens on top of the prompt
     if loaded.hard_max_length is not None and longest.context_length + budget > loaded.hard_max_length:

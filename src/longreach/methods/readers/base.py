@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ReaderMethod(Method):
     kind: ClassVar[Kind] = "reader"
+    bounded_memory: ClassVar[bool] = False  # True: memory and positions stay bounded at any input length
 
     def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
         """Answer ``request`` (whose ``question_offset`` splits context and question) under ``inner``."""

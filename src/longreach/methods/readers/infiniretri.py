@@ -64,6 +64,7 @@ class InfiniRetri(ReaderMethod):
     name: ClassVar[str] = "infiniretri"
     summary: ClassVar[str] = "InfiniRetri: read in chunks, keep the sentences the question attends to"
     paper: ClassVar[str] = "Ye et al. 2025, Infinite Retrieval"
+    bounded_memory: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for name in ("chunk", "topk", "phrase"):

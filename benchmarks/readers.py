@@ -1,0 +1,144 @@
+"""Issue 5 benchmark: chunked readers on SmolLM2-135M (native 8K) far past its window, on 2 CPU cores.
+
+Stages (resumable longreach sweeps under runs/bench-readers/):
+  passkey    infiniretri at 16K, 32K, 64K, 128K, 10 samples (one per depth over [0, 1])
+  others     longheads and landmark at 16K and 32K, 3 samples (their full-KV prefill costs minutes a sample)
+  multikey   niah_multikey_1 with infiniretri at 32K and 64K, 10 samples
+  threading  nt_thread_forward with infiniretri at 32K and 64K, 5 samples (when that task is registered)
+  moonshot   one passkey sample at 1M tokens with infiniretri
+The summary (scores, seconds and peak RSS per length, the linearity and memory ratios, wall times,
+provenance) goes to benchmarks/results/readers.json and .md; sweep reports under benchmarks/results/readers/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from longreach.runner import SweepConfig, run_sweep
+from longreach.runner.provenance import environment
+from longreach.tasks import TASKS
+
+MODEL = "smollm2-135m"
+ROOT = Path("runs/bench-readers")
+RESULTS = Path("benchmarks/results")
+DEPTHS = tuple(round(i / 9, 4) for i in range(10))
+READER = "infiniretri"
+STAGES = {
+    "passkey": dict(tasks=("passkey",), lengths=(16384, 32768, 65536, 131072), methods=(READER,), depths=DEPTHS),
+    "others": dict(
+        tasks=("passkey",), lengths=(16384, 32768), methods=("longheads", "landmark"), depths=(0.1, 0.5, 0.9)
+    ),
+    "multikey": dict(tasks=("niah_multikey_1",), lengths=(32768, 65536), methods=(READER,), depths=DEPTHS),
+    "threading": dict(
+        tasks=("nt_thread_forward",), lengths=(32768, 65536), methods=(READER,), depths=(0.1, 0.3, 0.5, 0.7, 0.9)
+    ),
+    "moonshot": dict(tasks=("passkey",), lengths=(1048576,), methods=(READER,), depths=(0.5,)),
+}
+
+
+def run_stage(name: str) -> dict:
+    spec = STAGES[name]
+    out = ROOT / name
+    config = SweepConfig(
+        model=MODEL,
+        tasks=spec["tasks"],
+        lengths=spec["lengths"],
+        out=out,
+        methods=spec["methods"],
+        depths=spec["depths"],
+        samples=1,
+        dtype="bf16",
+        resume=True,
+    )
+    start = time.perf_counter()
+    run_sweep(config, show_progress=True)
+    seconds = time.perf_counter() - start
+    report = json.loads((out / "report.json").read_text())
+    target = RESULTS / "readers" / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("report.json", "report.md"):
+        shutil.copy(out / file, target / file)
+    rows = {}
+    for item in report["summary"]:
+        cells = [
+            c
+            for c in report["cells"]
+            if (c["method"], c["context_length"], c["task"]) == (item["method"], item["context_length"], item["task"])
+        ]
+        rows.setdefault(item["method"], {})[str(item["context_length"])] = {
+            "score": item["score"],
+            "n": item["n"],
+            "median_seconds": statistics.median(c["seconds"] for c in cells),
+            "peak_rss_mb": max(c["peak_rss_mb"] for c in cells),
+        }
+    return {"task": spec["tasks"][0], "seconds": seconds, "rows": rows, "failed": len(report["failed_cells"])}
+
+
+def ratios(stage: dict) -> dict:
+    row = stage["rows"].get(READER, {})
+    if "16384" not in row or "131072" not in row:
+        return {}
+    return {
+        "seconds_128k_over_16k": row["131072"]["median_seconds"] / row["16384"]["median_seconds"],
+        "peak_rss_128k_over_16k": row["131072"]["peak_rss_mb"] / row["16384"]["peak_rss_mb"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    args = parser.parse_args()
+    path = RESULTS / "readers.json"
+    summary = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+    summary["provenance"] = {**environment(), "model": MODEL, "native_context_length": 8192, "dtype": "bf16"}
+    for name in args.stages.split(","):
+        if any(task not in TASKS for task in STAGES[name]["tasks"]):
+            summary["stages"][name] = {"skipped": f"task {STAGES[name]['tasks'][0]} is not registered"}
+        else:
+            summary["stages"][name] = run_stage(name)
+        if name == "passkey":
+            summary["passkey_ratios"] = ratios(summary["stages"]["passkey"])
+        write(summary, path)
+
+
+def write(summary: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
+    lines = [
+        "# Readers on SmolLM2-135M (native 8K), bf16, 2 CPU cores",
+        "",
+        f"Provenance: {json.dumps(summary['provenance'])}",
+        "",
+        "| stage | task | method | length | score | samples | median s/sample | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, stage in summary["stages"].items():
+        if "skipped" in stage:
+            lines.append(f"| {name} | skipped: {stage['skipped']} | | | | | | |")
+            continue
+        for method, by_length in stage["rows"].items():
+            for length, row in sorted(by_length.items(), key=lambda kv: int(kv[0])):
+                lines.append(
+                    f"| {name} | {stage['task']} | {method} | {int(length) // 1024}K | {row['score']:.2f} | "
+                    f"{row['n']} | {row['median_seconds']:.0f} | {row['peak_rss_mb']:.0f} |"
+                )
+    if summary.get("passkey_ratios"):
+        lines += [
+            "",
+            "Passkey, infiniretri: " + ", ".join(f"{k} = {v:.2f}" for k, v in summary["passkey_ratios"].items()),
+        ]
+    lines += [
+        "",
+        "Wall time per stage (s): "
+        + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in summary["stages"].items() if "seconds" in v),
+    ]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
