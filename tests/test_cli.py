@@ -180,3 +180,12 @@ def test_end_to_end_on_the_tiny_model(capsys, tmp_path):
     assert code == 0
     assert json.loads((tmp_path / "report.json").read_text())["cells"][0]["realized_tokens"] == 512
     assert str(Path(tmp_path / "report.html").resolve()) in out.replace("\n", "")
+
+
+def test_the_readme_methods_table_is_the_registry(capsys):
+    """The registry is the only list: the README's table is `longreach methods --markdown`, verbatim."""
+    code, out, _ = run(["methods", "--markdown"], capsys)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert code == 0
+    for line in out.strip().splitlines():
+        assert line in readme, f"README is missing: {line}"

@@ -155,13 +155,29 @@ def models_command() -> int:
     return 0
 
 
-@app.command("methods")
-def methods_command() -> int:
-    """List the registered methods and their parameters."""
-    table = Table("name", "kind", "description", "parameters (default)")
+def method_rows() -> list[list[str]]:
+    """One row per registered method: name, kind, description [paper], parameters with defaults."""
+    rows = []
     for name, cls in METHODS.items():
         fields = ", ".join(f"{n}={d}" for n, d, _ in params.describe_fields(cls)) or "-"
-        table.add_row(name, cls.kind, cls.summary + (f" [{cls.paper}]" if cls.paper else ""), fields)
+        rows.append([name, cls.kind, cls.summary + (f" [{cls.paper}]" if cls.paper else ""), fields])
+    return rows
+
+
+@app.command("methods")
+def methods_command(
+    markdown: bool = typer.Option(False, "--markdown", help="print a markdown table (the README's)"),
+) -> int:
+    """List the registered methods and their parameters."""
+    header = ["name", "kind", "description", "parameters (default)"]
+    if markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for row in method_rows():
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        return 0
+    table = Table(*header)
+    for row in method_rows():
+        table.add_row(*row)
     out.print(table)
     return 0
 
