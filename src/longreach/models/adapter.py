@@ -89,3 +89,14 @@ def forward(
     """
     out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
     return out.logits, out.cache
+
+
+def causal_lm_from_state_dict(config: Any, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> Any:
+    """Build the causal-LM class registered for ``config`` and load ``state_dict`` into it (no weight files).
+
+    Raises KeyError when transformers has no causal-LM class for this config type.
+    """
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    return model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype).eval()

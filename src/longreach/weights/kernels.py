@@ -1,0 +1,94 @@
+"""Numba kernels: pack Huffman codes into one MSB-first bit stream; decode blocks of it in parallel.
+
+Bit layout (DFloat11, arXiv 2504.11651, section 3.2, adapted to CPUs):
+- ``stream``: uint8[ceil(bits / 8)], the codes of all n exponents back to back, most significant bit first.
+- ``offsets``: int64[blocks + 1], the bit at which block b (exponents ``b*N .. b*N+N-1``) starts; the last
+  entry is the total bit count. DFloat11's GPU kernel finds thread starts with a counting pass (phase 1) and
+  a prefix sum; storing the prefix sum itself makes every block decodable on its own, in any order.
+- ``sign_mantissa``: uint8[n], ``sign << 7 | mantissa`` of each weight, kept raw.
+- output: uint16[n] bfloat16 bit patterns, ``(sm & 0x80) << 8 | exponent << 7 | (sm & 0x7F)``.
+
+Everything is int64 arithmetic. The bit buffer keeps its ``held`` valid bits at the bottom (<= 56); bits
+shifted out at the top are stale and every read masks them off.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from longreach.weights.huffman import LENGTH_SHIFT
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_codes(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> int:
+    """Write ``codes[s]`` (``lengths[s]`` bits, <= 32) of every symbol into ``out``; returns bits written."""
+    acc = np.int64(0)
+    held = 0
+    pos = 0
+    written = 0
+    for i in range(symbols.size):
+        s = symbols[i]
+        n = np.int64(lengths[s])
+        acc = (acc << n) | np.int64(codes[s])
+        held += n
+        written += n
+        while held >= 8:
+            held -= 8
+            out[pos] = (acc >> held) & 0xFF
+            pos += 1
+        acc &= (np.int64(1) << held) - 1
+    if held > 0:
+        out[pos] = (acc << (8 - held)) & 0xFF
+    return written
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def decode_blocks(
+    stream: np.ndarray,
+    offsets: np.ndarray,
+    sign_mantissa: np.ndarray,
+    table: np.ndarray,
+    table_bits: int,
+    block_size: int,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Decode every block of ``block_size`` exponents (in parallel) and write bfloat16 bits to ``out``.
+
+    Returns uint8[blocks]: 0 = fine, 1 = a bit pattern with no code, 2 = the block did not end exactly where
+    the next one starts (both mean a corrupt stream or offsets).
+    """
+    n = out.size
+    blocks = offsets.size - 1
+    nbytes = stream.size
+    mask = (np.int64(1) << table_bits) - 1
+    status = np.zeros(blocks, dtype=np.uint8)
+    for b in numba.prange(blocks):
+        start = b * block_size
+        stop = min(start + block_size, n)
+        bit = offsets[b]
+        pos = bit >> 3
+        held = np.int64(0)
+        buf = np.int64(0)
+        if pos < nbytes:
+            held = 8 - (bit & 7)
+            buf = np.int64(stream[pos]) & ((np.int64(1) << held) - 1)
+        pos += 1
+        for i in range(start, stop):
+            if held < table_bits:  # top up to 49..56 bits; bits above `held` are stale and masked off below
+                while held <= 48:
+                    byte = np.int64(stream[pos]) if pos < nbytes else np.int64(0)
+                    buf = (buf << 8) | byte
+                    held += 8
+                    pos += 1
+            entry = np.int64(table[(buf >> (held - table_bits)) & mask])
+            length = entry >> LENGTH_SHIFT
+            if length == 0:
+                status[b] = 1
+                break
+            held -= length
+            sm = np.int64(sign_mantissa[i])
+            out[i] = ((sm & 0x80) << 8) | ((entry & 0xFF) << 7) | (sm & 0x7F)
+        if status[b] == 0 and pos * 8 - held != offsets[b + 1]:
+            status[b] = 2
+    return status
