@@ -9,6 +9,9 @@ The result is about 8 + 2.6 ≈ 11 bits per weight. Shapes: ``bits`` uint16[n] (
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +21,7 @@ from longreach.weights import huffman, kernels
 
 DEFAULT_BLOCK_SIZE = 16384  # exponents a block: 8 bytes of offset per 16K weights (0.004 bits a weight)
 DEFAULT_MAX_CODE_LENGTH = 12  # 4096-entry decode table (8 KiB, fits in L1)
+PARALLEL_MIN_WEIGHTS = 1 << 20  # below this, one thread decodes the whole tensor
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,14 @@ def split(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return exponent, sign_mantissa
 
 
+def check_params(block_size: int, max_code_length: int) -> None:
+    """Raise :class:`LongreachError` for an encoder setting out of range, naming the valid range."""
+    if not 1 <= block_size <= 2**30:
+        raise LongreachError(f"block size must be in [1, 2**30] exponents, got {block_size}")
+    if not 8 <= max_code_length <= huffman.MAX_CODE_LENGTH:
+        raise LongreachError(f"max code length must be in [8, {huffman.MAX_CODE_LENGTH}] bits, got {max_code_length}")
+
+
 def num_blocks(numel: int, block_size: int) -> int:
     return -(-numel // block_size)
 
@@ -58,8 +70,7 @@ def encode(
     """Encode uint16[n] bfloat16 bit patterns (any layout; flattened in C order)."""
     if bits.dtype != np.uint16:
         raise ValueError(f"encode takes uint16 bit patterns, got {bits.dtype}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    check_params(block_size, max_code_length)
     exponent, sign_mantissa = split(np.ascontiguousarray(bits).reshape(-1))
     counts = np.bincount(exponent, minlength=huffman.ALPHABET)
     lengths = huffman.code_lengths(counts, max_code_length)
@@ -110,8 +121,22 @@ def check_structure(encoded: EncodedTensor, what: str) -> None:
         fail(f"{encoded.stream.size} stream bytes for {offsets[-1]} bits")
 
 
-def decode(encoded: EncodedTensor, what: str = "tensor") -> np.ndarray:
-    """uint16[numel] bfloat16 bit patterns; raises :class:`LongreachError` naming ``what`` on a bad stream."""
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """Threads for block-parallel decoding (the numba kernel releases the GIL); made on first use."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="longreach-df11")
+
+
+def decode(encoded: EncodedTensor, what: str = "tensor", threads: int | None = None) -> np.ndarray:
+    """uint16[numel] bfloat16 bit patterns; raises :class:`LongreachError` naming ``what`` on a bad stream.
+
+    Blocks decode independently (their start bits are stored), so a large tensor is split into ``threads``
+    ranges of blocks decoded at once (default: the CPU count, at most 8); small tensors use one thread.
+    """
     check_structure(encoded, what)
     out = np.empty(encoded.numel, dtype=np.uint16)
     if encoded.numel == 0:
@@ -124,15 +149,22 @@ def decode(encoded: EncodedTensor, what: str = "tensor") -> np.ndarray:
         sm = encoded.sign_mantissa.astype(np.uint16)
         out[:] = ((sm & 0x80) << 8) | (int(encoded.code[0, 0]) << 7) | (sm & 0x7F)
         return out
-    status = kernels.decode_blocks(
-        encoded.stream,
-        encoded.offsets,
-        encoded.sign_mantissa,
-        huffman.decode_table(lengths),
-        table_bits,
-        encoded.block_size,
-        out,
-    )
+    table = huffman.decode_table(lengths)
+    blocks = encoded.offsets.size - 1
+    status = np.zeros(blocks, dtype=np.uint8)
+
+    def run(first: int, last: int) -> None:
+        kernels.decode_blocks(
+            encoded.stream, encoded.offsets, encoded.sign_mantissa, table, table_bits, encoded.block_size,
+            first, last, out, status,
+        )  # fmt: skip
+
+    workers = min(threads or _default_threads(), blocks) if encoded.numel >= PARALLEL_MIN_WEIGHTS else 1
+    if workers <= 1:
+        run(0, blocks)
+    else:
+        bounds = np.linspace(0, blocks, workers + 1).astype(int)
+        list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
     bad = np.flatnonzero(status)
     if bad.size:
         reason = (

@@ -17,6 +17,7 @@ import numpy as np
 from longreach.errors import LongreachError
 
 ALPHABET = 256  # symbols are bytes: the 8-bit exponent field of bfloat16
+MAX_CODE_LENGTH = 20  # decode tables have 2**max_length uint16 entries: at most 2 MiB
 LENGTH_SHIFT = 8  # a decode-table entry is ``symbol | length << LENGTH_SHIFT`` (uint16); length 0 = invalid
 
 
@@ -33,8 +34,11 @@ def code_lengths(counts: np.ndarray, max_length: int) -> np.ndarray:
     lengths = np.zeros(ALPHABET, dtype=np.uint8)
     if len(symbols) <= 1:
         return lengths
-    if not 1 <= max_length <= 32 or 2**max_length < len(symbols):
-        raise ValueError(f"max_length {max_length} cannot code {len(symbols)} symbols: need 2**max_length >= symbols")
+    if not 1 <= max_length <= MAX_CODE_LENGTH or 2**max_length < len(symbols):
+        raise LongreachError(
+            f"max code length {max_length} cannot code {len(symbols)} symbols: "
+            f"need 2**length >= symbols and length <= {MAX_CODE_LENGTH}"
+        )
     # Each item is (weight, multiset of leaves as a count vector over `symbols`); leaves sorted by weight.
     order = np.argsort(counts[symbols], kind="stable")
     leaves = [(int(counts[symbols[i]]), np.eye(1, len(symbols), i, dtype=np.int64)[0]) for i in order]
@@ -61,21 +65,24 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 def check_lengths(lengths: np.ndarray, what: str) -> None:
     """Raise :class:`LongreachError` unless ``lengths`` describe a usable prefix code (Kraft sum <= 1)."""
     used = lengths[lengths > 0].astype(np.int64)
-    if used.size and used.max() > 32:
-        raise LongreachError(f"{what}: code length {used.max()} exceeds 32 bits (corrupt header?)")
+    if used.size and used.max() > MAX_CODE_LENGTH:
+        raise LongreachError(f"{what}: code length {used.max()} exceeds {MAX_CODE_LENGTH} bits (corrupt header?)")
     if used.size and np.sum(2.0 ** (-used.astype(np.float64))) > 1.0:
         raise LongreachError(f"{what}: code lengths are not a prefix code (Kraft sum > 1; corrupt header?)")
 
 
 def decode_table(lengths: np.ndarray) -> np.ndarray:
-    """uint16[2**L] table, L = max length: entry at the next L bits = ``symbol | length << 8``; 0 = no code."""
+    """uint16[2**L] table, L = max length: entry at the next L bits = ``symbol | length << 8``; 0 = no code.
+
+    In canonical order the codes cover consecutive ranges of the table (a code of length l spans
+    ``2**(L - l)`` entries), so the table is the entries repeated, then zeros where the code is incomplete.
+    """
     table_bits = int(lengths.max())
+    symbols = np.array(sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)), dtype=np.int64)
+    spans = 1 << (table_bits - lengths[symbols].astype(np.int64))
+    entries = np.repeat(symbols | (lengths[symbols].astype(np.int64) << LENGTH_SHIFT), spans)
     table = np.zeros(2**table_bits, dtype=np.uint16)
-    codes = canonical_codes(lengths)
-    for symbol in np.flatnonzero(lengths):
-        length = int(lengths[symbol])
-        start = int(codes[symbol]) << (table_bits - length)
-        table[start : start + (1 << (table_bits - length))] = symbol | (length << LENGTH_SHIFT)
+    table[: entries.size] = entries
     return table
 
 

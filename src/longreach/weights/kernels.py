@@ -43,7 +43,7 @@ def pack_codes(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray, out:
     return written
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def decode_blocks(
     stream: np.ndarray,
     offsets: np.ndarray,
@@ -51,19 +51,21 @@ def decode_blocks(
     table: np.ndarray,
     table_bits: int,
     block_size: int,
+    first: int,
+    last: int,
     out: np.ndarray,
-) -> np.ndarray:
-    """Decode every block of ``block_size`` exponents (in parallel) and write bfloat16 bits to ``out``.
+    status: np.ndarray,
+) -> None:
+    """Decode blocks ``first .. last - 1`` of ``block_size`` exponents each and write bfloat16 bits to ``out``.
 
-    Returns uint8[blocks]: 0 = fine, 1 = a bit pattern with no code, 2 = the block did not end exactly where
-    the next one starts (both mean a corrupt stream or offsets).
+    Releases the GIL, so threads may decode disjoint block ranges at once. Sets ``status[b]`` to 1 when block
+    b holds a bit pattern with no code, 2 when it does not end exactly where block b + 1 starts (both mean a
+    corrupt stream or offsets), and leaves 0 otherwise.
     """
     n = out.size
-    blocks = offsets.size - 1
     nbytes = stream.size
     mask = (np.int64(1) << table_bits) - 1
-    status = np.zeros(blocks, dtype=np.uint8)
-    for b in numba.prange(blocks):
+    for b in range(first, last):
         start = b * block_size
         stop = min(start + block_size, n)
         bit = offsets[b]
@@ -91,4 +93,3 @@ def decode_blocks(
             out[i] = ((sm & 0x80) << 8) | ((entry & 0xFF) << 7) | (sm & 0x7F)
         if status[b] == 0 and pos * 8 - held != offsets[b + 1]:
             status[b] = 2
-    return status

@@ -60,6 +60,7 @@ def compress_model(
     """Load a model as bfloat16 and write its DFloat11 folder to ``out`` (created; must not hold a model)."""
     from longreach.models import load_model
 
+    codec.check_params(block_size, max_code_length)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LongreachError(f"{out} exists and is not an empty folder; choose a new output folder")
