@@ -61,16 +61,29 @@ def compress_model(
     from longreach.models import load_model
 
     codec.check_params(block_size, max_code_length)
-    out = Path(out)
+    _check_new_folder(Path(out))
+    return write_compressed(load_model(name_or_path, "bf16"), Path(out), block_size, max_code_length)
+
+
+def _check_new_folder(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LongreachError(f"{out} exists and is not an empty folder; choose a new output folder")
-    loaded = load_model(name_or_path, "bf16")
+
+
+def write_compressed(
+    loaded: Any,
+    out: Path,
+    block_size: int = codec.DEFAULT_BLOCK_SIZE,
+    max_code_length: int = codec.DEFAULT_MAX_CODE_LENGTH,
+) -> CompressionSummary:
+    """Write the DFloat11 folder of an already loaded bfloat16 ``LoadedModel``; ``seconds`` is this step."""
+    _check_new_folder(out)
     start = time.perf_counter()
     tensors, extra = model_tensors(loaded.model)
     out.mkdir(parents=True, exist_ok=True)
     loaded.model.config.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
-    metadata = {"source_model": name_or_path, "source": loaded.source, BUFFERS_KEY: extra}
+    metadata = {"source_model": loaded.name, "source": loaded.source, BUFFERS_KEY: extra}
     header = fileformat.write(out / WEIGHTS_FILE, tensors, metadata, block_size, max_code_length)
     entries = [entry for name, entry in header.items() if name != "__metadata__" and "alias" not in entry]
     return CompressionSummary(
