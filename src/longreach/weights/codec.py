@@ -150,12 +150,13 @@ def decode(encoded: EncodedTensor, what: str = "tensor", threads: int | None = N
         out[:] = ((sm & 0x80) << 8) | (int(encoded.code[0, 0]) << 7) | (sm & 0x7F)
         return out
     table = huffman.decode_table(lengths)
+    multi = huffman.multi_table(table)
     blocks = encoded.offsets.size - 1
     status = np.zeros(blocks, dtype=np.uint8)
 
     def run(first: int, last: int) -> None:
         kernels.decode_blocks(
-            encoded.stream, encoded.offsets, encoded.sign_mantissa, table, table_bits, encoded.block_size,
+            encoded.stream, encoded.offsets, encoded.sign_mantissa, table, multi, table_bits, encoded.block_size,
             first, last, out, status,
         )  # fmt: skip
 

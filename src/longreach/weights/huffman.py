@@ -86,6 +86,31 @@ def decode_table(lengths: np.ndarray) -> np.ndarray:
     return table
 
 
+MULTI_SYMBOLS = 3  # symbols a multi-symbol table entry can hold
+
+
+def multi_table(table: np.ndarray) -> np.ndarray:
+    """uint32[2**L]: up to 3 whole codes at the front of each L-bit window, for fewer lookups a symbol.
+
+    Entry bits: 0-23 the symbols (8 bits each, first in the low byte), 24-28 the bits they use together,
+    30-31 how many there are (0 = the window starts with no code). ``table`` is :func:`decode_table`'s.
+    """
+    table_bits = int(np.log2(table.size))
+    mask = table.size - 1
+    windows = np.arange(table.size, dtype=np.int64)
+    symbols = np.zeros(table.size, np.int64)
+    used = np.zeros(table.size, np.int64)
+    count = np.zeros(table.size, np.int64)
+    for slot in range(MULTI_SYMBOLS):
+        entry = table[(windows << used) & mask].astype(np.int64)
+        length = entry >> LENGTH_SHIFT
+        fits = (count == slot) & (length > 0) & (length <= table_bits - used)
+        symbols |= np.where(fits, (entry & 0xFF) << (8 * slot), 0)
+        used += np.where(fits, length, 0)
+        count += fits
+    return (symbols | used << 24 | count << 30).astype(np.uint32)
+
+
 def entropy_bits(counts: np.ndarray) -> float:
     """Empirical entropy of the histogram times its total count: the ideal coded size in bits."""
     counts = np.asarray(counts, dtype=np.float64)

@@ -49,6 +49,7 @@ def decode_blocks(
     offsets: np.ndarray,
     sign_mantissa: np.ndarray,
     table: np.ndarray,
+    multi: np.ndarray,
     table_bits: int,
     block_size: int,
     first: int,
@@ -58,9 +59,11 @@ def decode_blocks(
 ) -> None:
     """Decode blocks ``first .. last - 1`` of ``block_size`` exponents each and write bfloat16 bits to ``out``.
 
-    Releases the GIL, so threads may decode disjoint block ranges at once. Sets ``status[b]`` to 1 when block
-    b holds a bit pattern with no code, 2 when it does not end exactly where block b + 1 starts (both mean a
-    corrupt stream or offsets), and leaves 0 otherwise.
+    ``table`` (uint16) gives one symbol a lookup, ``multi`` (uint32, :func:`huffman.multi_table`) up to three;
+    ``multi`` is used while three or more exponents of the block remain (its three writes stay in the block,
+    surplus ones are overwritten next). Releases the GIL, so threads may decode disjoint block ranges at once.
+    Sets ``status[b]`` to 1 when block b holds a bit pattern with no code, 2 when it does not end exactly where
+    block b + 1 starts (both mean a corrupt stream or offsets), and leaves 0 otherwise.
     """
     n = out.size
     nbytes = stream.size
@@ -76,20 +79,35 @@ def decode_blocks(
             held = 8 - (bit & 7)
             buf = np.int64(stream[pos]) & ((np.int64(1) << held) - 1)
         pos += 1
-        for i in range(start, stop):
+        i = start
+        while i < stop:
             if held < table_bits:  # top up to 49..56 bits; bits above `held` are stale and masked off below
                 while held <= 48:
                     byte = np.int64(stream[pos]) if pos < nbytes else np.int64(0)
                     buf = (buf << 8) | byte
                     held += 8
                     pos += 1
-            entry = np.int64(table[(buf >> (held - table_bits)) & mask])
-            length = entry >> LENGTH_SHIFT
-            if length == 0:
-                status[b] = 1
-                break
-            held -= length
-            sm = np.int64(sign_mantissa[i])
-            out[i] = ((sm & 0x80) << 8) | ((entry & 0xFF) << 7) | (sm & 0x7F)
+            window = (buf >> (held - table_bits)) & mask
+            if i + 3 <= stop:
+                entry = np.int64(multi[window])
+                count = entry >> 30
+                if count == 0:
+                    status[b] = 1
+                    break
+                for k in range(3):
+                    sm = np.int64(sign_mantissa[i + k])
+                    out[i + k] = ((sm & 0x80) << 8) | (((entry >> (8 * k)) & 0xFF) << 7) | (sm & 0x7F)
+                held -= (entry >> 24) & 0x3F
+                i += count
+            else:
+                entry = np.int64(table[window])
+                length = entry >> LENGTH_SHIFT
+                if length == 0:
+                    status[b] = 1
+                    break
+                sm = np.int64(sign_mantissa[i])
+                out[i] = ((sm & 0x80) << 8) | ((entry & 0xFF) << 7) | (sm & 0x7F)
+                held -= length
+                i += 1
         if status[b] == 0 and pos * 8 - held != offsets[b + 1]:
             status[b] = 2
