@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -255,6 +256,7 @@ def compare_dfloat11_package(
     arrays = np.load(out_file)
     group_bytes = 0
     exponent_bytes = 0
+    stream_bytes = 0
     exact = 0
     ambiguous = 0
     max_length = 0
@@ -263,6 +265,7 @@ def compare_dfloat11_package(
         parts |= {key: arrays[f"{group}/{key}"] for key in ("output_positions", "gaps", "split_positions")}
         group_bytes += sum(part.nbytes for part in parts.values())
         exponent_bytes += sum(parts[k].nbytes for k in ("encoded_exponent", "output_positions", "gaps"))
+        stream_bytes += parts["encoded_exponent"].nbytes
         max_length = max(max_length, int(arrays[f"{group}/max_code_length"]))
         original = np.concatenate([bf16_bits(w) for w in weights])
         exponents = np.zeros(original.size, np.uint8)
@@ -337,6 +340,7 @@ def main() -> None:
         "provenance": environment(),
         "settings": {"block_size": codec.DEFAULT_BLOCK_SIZE, "max_code_length": codec.DEFAULT_MAX_CODE_LENGTH},
         "models": {},
+        "load_average_at_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="longreach-df11-") as scratch:
         for name in args.models.split(","):
@@ -353,6 +357,7 @@ def main() -> None:
             del loaded
             shutil.rmtree(workdir)
     results["wall_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = os.getloadavg()  # other jobs share the 2 cores: timings are noisy
     results["table"] = table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -61,6 +61,25 @@ def test_canonical_codes_are_prefix_free_and_the_table_inverts_them():
         assert entry & 0xFF == symbol and entry >> huffman.LENGTH_SHIFT == lengths[symbol]
 
 
+def test_multi_symbol_entries_match_three_single_lookups():
+    counts = np.zeros(256, np.int64)
+    counts[[118, 119, 120, 121, 122, 7]] = [400, 300, 200, 60, 30, 1]
+    table = huffman.decode_table(huffman.code_lengths(counts, 10))
+    multi = huffman.multi_table(table).astype(np.int64)
+    width = int(np.log2(table.size))
+    for window in range(table.size):
+        expected, used = [], 0
+        while len(expected) < 3:
+            entry = int(table[(window << used) & (table.size - 1)])
+            if entry >> 8 == 0 or used + (entry >> 8) > width:
+                break
+            expected.append(entry & 0xFF)
+            used += entry >> 8
+        entry = int(multi[window])
+        assert entry >> 30 == len(expected) and (entry >> 24) & 0x3F == used
+        assert [(entry >> (8 * k)) & 0xFF for k in range(len(expected))] == expected
+
+
 def test_entropy_of_a_uniform_histogram():
     counts = np.zeros(256, np.int64)
     counts[:4] = 10
