@@ -301,6 +301,8 @@ def compare_dfloat11_package(
         * 8
         / grouped_weights,
         "note": "exponent bits include each side's stream-position metadata (gaps + output positions; block offsets)",
+        "stream_only_bits_per_weight_dfloat11": stream_bytes * 8 / grouped_weights,
+        "stream_only_bits_per_weight_ours": sum(e.stream.nbytes for e in ours_grouped) * 8 / grouped_weights,
     }
 
 
