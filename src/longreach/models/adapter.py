@@ -377,3 +377,14 @@ def new_cache(model: Any) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
+
+
+def causal_lm_from_state_dict(config: Any, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> Any:
+    """Build the causal-LM class registered for ``config`` and load ``state_dict`` into it (no weight files).
+
+    Raises KeyError when transformers has no causal-LM class for this config type.
+    """
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    return model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype).eval()

@@ -20,14 +20,16 @@ from longreach.errors import LongreachError
 from longreach.models import adapter
 from longreach.models.tiny import TINY_WINDOW, tiny_llama, tiny_tokenizer
 
+COMPRESSED_WEIGHTS_FILE = "model.df11"  # longreach.weights.model.WEIGHTS_FILE (not imported: it pulls numba)
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a model's files are: built in memory, a Hugging Face directory, or a GGUF file."""
+    """Where a model's files are: built in memory, a Hugging Face directory, a GGUF file, or a DFloat11
+    folder written by ``longreach compress-weights`` (see :mod:`longreach.weights`)."""
 
-    kind: Literal["tiny", "hf_dir", "gguf"]
+    kind: Literal["tiny", "hf_dir", "gguf", "df11"]
     path: Path | None = None
 
     def describe(self) -> str:
@@ -116,7 +118,7 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def resolve(name_or_path: str) -> Source:
-    """A zoo name, a Hugging Face model directory, or a ``.gguf`` file -> :class:`Source`."""
+    """A zoo name, a Hugging Face model directory, a ``.gguf`` file or a DFloat11 folder -> :class:`Source`."""
     if name_or_path in ZOO:
         return ZOO[name_or_path].locate()
     path = Path(name_or_path).expanduser()
@@ -126,6 +128,8 @@ def resolve(name_or_path: str) -> Source:
         if path.suffix != ".gguf":
             raise LongreachError(f"{path} is a file but not a .gguf; give a .gguf file or a model directory")
         return Source("gguf", path.resolve())
+    if (path / COMPRESSED_WEIGHTS_FILE).is_file():
+        return Source("df11", path.resolve())
     if (path / "config.json").is_file():
         return Source("hf_dir", path.resolve())
     ggufs = sorted(path.glob("*.gguf"))
@@ -199,6 +203,14 @@ def load_tokenizer(source: Source) -> Any:
 def _load_weights(source: Source, dtype: torch.dtype) -> Any:
     if source.kind == "tiny":
         return tiny_llama(dtype)
+    if source.kind == "df11":
+        from longreach.weights.model import load_compressed  # imports numba: only when needed
+
+        with _quiet_transformers():
+            try:
+                return load_compressed(source.path, dtype)
+            except KeyError as exc:
+                raise LongreachError(f"unsupported architecture in {source.path}: no causal LM for {exc}") from None
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"gguf_file": source.path.name} if source.kind == "gguf" else {}
