@@ -82,7 +82,7 @@ class NeedleTask(Task):
             question=fitted.question,
             answers=answers,
             max_new_tokens=self.max_new_tokens or (32 if self.single else 128),
-            stop=("\n",) if self.single else ("\n\n",),
+            stop=("\n", ".") if self.single else ("\n\n",),
             meta={
                 "realized_tokens": fitted.realized_tokens,
                 "filler_units": fitted.filler_units,

@@ -57,7 +57,7 @@ class Passkey(Task):
             question=fitted.question,
             answers=(key,),
             max_new_tokens=self.max_new_tokens,
-            stop=("\n",),
+            stop=("\n", "."),
             meta={
                 "realized_tokens": fitted.realized_tokens,
                 "filler_units": fitted.filler_units,
