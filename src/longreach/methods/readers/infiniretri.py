@@ -6,7 +6,8 @@ The context is split into sentences and grouped into chunks of about ``chunk`` t
   [special tokens] + sink sentences + retained sentences + chunk i + question
 and, at layer ``layer``, takes the attention of the question rows over the context columns, summed over
 heads (m, c); a 1-D convolution with ``phrase`` ones smooths it into phrase scores; question tokens are
-weighted by the attention they receive from the question itself (use_question_weight); the ``topk``
+weighted by the attention they give the question itself (use_question_weight, applied once; the reference
+code applies it twice); the ``topk``
 best-scoring tokens select whole sentences, which become the retained set (token ids only, no KV).
 After the last chunk the model answers from sink + retained sentences + question. Layers after ``layer``
 are skipped during the scoring passes, so a middle layer makes each step cheaper.
