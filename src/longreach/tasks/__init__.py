@@ -6,12 +6,35 @@ import importlib.resources
 
 import yaml
 
+from longreach.tasks.aggregation import Aggregation
 from longreach.tasks.base import TASKS, ParsedTask, Sample, Task, TaskEntry, parse_task, parse_tasks
+from longreach.tasks.biographies import Biographies
+from longreach.tasks.confusers import Confusers
+from longreach.tasks.database import Database
 from longreach.tasks.jsonl import JsonlTask
+from longreach.tasks.longgen import LongGeneration
 from longreach.tasks.needle import NeedleTask
+from longreach.tasks.ordering import Ordering
 from longreach.tasks.passkey import Passkey
+from longreach.tasks.threading import Threading
+from longreach.tasks.variables import VariableTracking
 
-FAMILIES: dict[str, type[Task]] = {cls.family: cls for cls in (Passkey, NeedleTask, JsonlTask)}
+FAMILIES: dict[str, type[Task]] = {
+    cls.family: cls
+    for cls in (
+        Passkey,
+        NeedleTask,
+        JsonlTask,
+        Threading,
+        VariableTracking,
+        Aggregation,
+        Biographies,
+        Database,
+        Ordering,
+        Confusers,
+        LongGeneration,
+    )
+}
 
 
 def _register_variants() -> None:

@@ -13,7 +13,8 @@ If that does not converge, a slow search with full tokenizations (galloping, the
 the job; a search that cannot hit the target exactly raises :class:`LengthFitError`.
 
 Depth ``d`` places a needle before whole filler unit ``round(d * units)``: 0 is the start of the
-haystack, 1 its end (just before the question). The realized depth is measured in tokens.
+haystack, 1 its end (just before the question). The realized depth is measured in tokens: the share of
+the filler's tokens that precede the needle (the other needles are left out of both counts).
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ class LengthFitError(LongreachError):
 
 @dataclass(frozen=True)
 class Needle:
+    """Text placed at ``depth``; needles that share a slot appear by ``rank``, then in list order."""
+
     text: str
     depth: float
+    rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,16 @@ class Fitted:
     needle_token_offsets: list[tuple[int, int]]
     realized_depths: list[float]
     full_tokenizations: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        """The length and placement facts every generated sample records."""
+        return {
+            "realized_tokens": self.realized_tokens,
+            "filler_units": self.filler_units,
+            "needle_token_offsets": self.needle_token_offsets,
+            "realized_depth": self.realized_depths[0] if self.realized_depths else None,
+            "needle_depths": self.realized_depths,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class _Layout:
         returned (with its leading glue; the head is left out) and the spans are not meaningful.
         """
         slots: list[list[int]] = [[] for _ in range(units + 1)]
-        for k in range(len(self.needles)):
+        for k in sorted(range(len(self.needles)), key=lambda k: self.needles[k].rank):
             slots[self.slot(k, units)].append(k)
         sequence: list[tuple[str, str, int]] = [("filler", "", -1)] if start else []
         for slot in range(start, units + 1):
@@ -210,7 +224,12 @@ def _fit_fast(tokenizer: Any, layout: _Layout, target: int, fixed: int) -> Fitte
     units = costs.largest_within(target - fixed)
     frozen = tuple(round(n.depth * units) for n in layout.needles)
     layout = dataclasses.replace(layout, frozen=frozen)
-    tail = _estimated_tail(counter, layout, units, target - fixed - costs.total(units))
+    tail = None
+    for whole in range(units, max(-1, units - 3), -1):  # a tail costs its glue too: step back if it cannot fit
+        tail = _estimated_tail(counter, layout, whole, target - fixed - costs.total(whole))
+        if tail is not None:
+            units = whole
+            break
     if tail is None:
         return None
     full = 0
@@ -227,26 +246,24 @@ def _fit_fast(tokenizer: Any, layout: _Layout, target: int, fixed: int) -> Fitte
     return None
 
 
-def _tail_texts(counter: _PieceCounter, layout: _Layout, units: int, deficit: int) -> list[str]:
-    """Tails whose estimated cost is ``deficit``: word prefixes of the next units, topped up with pad words.
-
-    Candidates with fewer pad words come first; the empty tail when the deficit is zero.
-    """
+def _tail_texts(counter: _PieceCounter, layout: _Layout, units: int, deficit: int, max_pad: int = 8) -> list[str]:
+    """Tails whose estimated cost (with their glue) is ``deficit``: word prefixes of the next unit, topped up
+    with pad words, fewest pad words first; the empty tail when the deficit is zero."""
     if deficit <= 0:
         return [""] if deficit == 0 else []
     pads = counter.pads()
+    words = layout.unit(units).split(" ")
+    prefixes = [""] + [" ".join(words[:w]) for w in range(1, len(words))]
     candidates: list[tuple[int, str]] = []
-    for source in (layout.unit(units), layout.unit(units + 1)):
-        words = source.split(" ")
-        prefixes = [" ".join(words[:w]) for w in range(1, len(words))]
-        for prefix, cost in zip(prefixes, counter.counts([layout.sep + p for p in prefixes]), strict=True):
-            need = deficit - cost
-            if 0 <= need <= _MAX_PAD and (need == 0 or pads):
-                candidates.append((need, " ".join([prefix, *_pad(pads, need)]).strip()))
-    if pads and deficit <= _MAX_PAD:
-        candidates.append((deficit, " ".join(_pad(pads, deficit))))
-    ordered = [text for _, text in sorted(candidates, key=lambda pair: pair[0])]
-    return [t for t in dict.fromkeys(ordered) if t]
+    for count in range(0, (max_pad if pads else 0) + 1):
+        texts = [" ".join(filter(None, [p, *_pad(pads, count)])) for p in prefixes]
+        texts = [t for t in texts if t]
+        for text, cost in zip(texts, counter.counts([layout.sep + t for t in texts]), strict=True):
+            if cost == deficit:
+                candidates.append((count, text))
+        if len(candidates) >= 4:
+            break
+    return list(dict.fromkeys(text for _, text in candidates))
 
 
 def _pad(pads: list[str], count: int) -> list[str]:
@@ -254,7 +271,7 @@ def _pad(pads: list[str], count: int) -> list[str]:
 
 
 def _estimated_tail(counter: _PieceCounter, layout: _Layout, units: int, deficit: int) -> str | None:
-    found = _tail_texts(counter, layout, units, deficit)
+    found = _tail_texts(counter, layout, units, deficit, max_pad=64)
     return found[0] if found else None
 
 
@@ -286,15 +303,15 @@ def _local_fix(
         n += 1
         if n - start > 10_000:
             return None
-    deficit = want - window(n, "")
-    if deficit == 0:
-        return n, ""
-    for tail_text in _tail_texts(counter, layout, n, deficit)[:8]:
-        if window(n, tail_text) == want:
-            return n, tail_text
-    for tail_text in _decoded_prefixes(tokenizer, layout.sep, layout.unit(n), deficit)[:8]:
-        if window(n, tail_text) == want:
-            return n, tail_text
+    for whole in range(n, max(start, n - 3) - 1, -1):
+        deficit = want - window(whole, "")
+        if deficit == 0:
+            return whole, ""
+        tails = _tail_texts(counter, layout, whole, deficit, max_pad=64)[:6]
+        tails += _decoded_prefixes(tokenizer, layout.sep, layout.unit(whole), deficit)[:6]
+        for tail_text in tails:
+            if window(whole, tail_text) == want:
+                return whole, tail_text
     return None
 
 
@@ -373,10 +390,11 @@ def _measure(
         full_tokenizations += 1
     chars = [len(head), len(context)] + [c for start, end in spans for c in (start, end - 1)]
     hay_start, hay_end, *needle_tokens = encoding.token_indices_of_chars(chars)
-    offsets, depths = [], []
-    for first, last_char_token in zip(needle_tokens[::2], needle_tokens[1::2], strict=True):
-        last = last_char_token + 1
-        offsets.append((first, last))
-        room = max(1, (hay_end - hay_start) - (last - first))
-        depths.append(round(min(1.0, max(0.0, (first - hay_start) / room)), 4))
+    offsets = [(first, last + 1) for first, last in zip(needle_tokens[::2], needle_tokens[1::2], strict=True)]
+    # Realized depth: the share of the filler's tokens that come before the needle (other needles left out).
+    filler = max(1, (hay_end - hay_start) - sum(last - first for first, last in offsets))
+    depths = []
+    for first, _ in offsets:
+        before = (first - hay_start) - sum(e - b for b, e in offsets if e <= first)
+        depths.append(round(min(1.0, max(0.0, before / filler)), 4))
     return Fitted(context, question, len(encoding.ids), units, offsets, depths, full_tokenizations)

@@ -89,6 +89,7 @@ class NeedleTask(Task):
                 "needle_depths": fitted.realized_depths,
                 "keys": [keys[q] for q in queried],
                 "match": "all",
+                "random_baseline": _guess(self.value_type),
             },
         )
 
@@ -145,3 +146,13 @@ class NeedleTask(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         return scoring.match_all(sample.answers, prediction)
+
+
+def _guess(value_type: str) -> float:
+    """Expected score of a uniform guess of one value of the asked type (RULER's values are random)."""
+    space = {
+        "numbers": 9 * 10**6,
+        "words": len(words.word_list("adjectives")) * len(words.word_list("nouns")),
+        "uuids": 2**122,
+    }[value_type]
+    return 1 / space

@@ -64,6 +64,7 @@ class Passkey(Task):
                 "needle_token_offsets": fitted.needle_token_offsets,
                 "realized_depth": fitted.realized_depths[0],
                 "match": "all",
+                "random_baseline": 1 / (9 * 10 ** (self.digits - 1)),  # a uniform guess of a number of that size
             },
         )
 
