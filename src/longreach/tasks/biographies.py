@@ -145,7 +145,10 @@ class Biographies(Task):
         people = [_person(probe, n) for n in words.unique(probe, words.person_name, self.targets, taken)]
         if attribute == "birthdate":  # distinct birth years: no ties in comparisons
             years = probe.sample(range(1950, 2002), len(people))
-            people = [Person(p.name, p.bio_id, (y, *p.birthdate[1:]), p.attributes) for p, y in zip(people, years)]
+            people = [
+                Person(p.name, p.bio_id, (y, *p.birthdate[1:]), p.attributes)
+                for p, y in zip(people, years, strict=True)
+            ]
         question, answers, evidence = self._question(people, attribute)
         depths = [depth] + [round(probe.random(), 4) for _ in people[1:]]
         needles = [

@@ -8,7 +8,8 @@ memorised knowledge cannot help. The question asks one fact (``fact``: year, fou
 ``answerable=false`` the true statement is left out and the answer is "not stated" (LongBioBench's IDK).
 
 Score: 1 when the true value is given and no confuser's value is (answerable), or when the answer says the
-fact is not stated (unanswerable). Random baseline: picking one of the candidate values, 1 / (n_confusers + 1) (0 when unanswerable).
+fact is not stated (unanswerable). Random baseline: picking one of the candidate values, 1 / (n_confusers + 1)
+(0 when unanswerable).
 """
 
 from __future__ import annotations
