@@ -55,6 +55,15 @@ def eval_command(
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
     threshold: float = typer.Option(0.85, "--threshold", help="score threshold for effective length"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    backend: str = typer.Option("hf", "--backend", help="hf (local, applies methods) | openai (a server)"),
+    base_url: str = typer.Option("", "--base-url", help="openai: the server, e.g. http://127.0.0.1:8000/v1"),
+    api: str = typer.Option("completions", "--api", help="openai: completions | chat"),
+    tokenizer: str = typer.Option("", "--tokenizer", help="openai: local tokenizer if the server has no tokenize"),
+    concurrency: int = typer.Option(4, "--concurrency", help="openai: requests in flight"),
+    timeout: float = typer.Option(600.0, "--timeout", help="openai: seconds per request"),
+    executor: str = typer.Option("local", "--executor", help="local | ray"),
+    ray_address: str = typer.Option("", "--ray-address", help="ray: an existing cluster (default: a local one)"),
+    workers: int = typer.Option(0, "--workers", help="ray: actors, each loading the model once (0: one per CPU)"),
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
@@ -69,6 +78,15 @@ def eval_command(
         dtype=dtype,
         resume=resume,
         threshold=threshold,
+        backend=backend,
+        base_url=base_url,
+        api=api,
+        tokenizer=tokenizer,
+        concurrency=concurrency,
+        timeout=timeout,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)
