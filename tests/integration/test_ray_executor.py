@@ -14,7 +14,7 @@ def _config(tmp_path, name, **overrides) -> SweepConfig:
     values = dict(
         model="tiny-llama",
         tasks=("passkey", "nt_single", "cwe"),
-        lengths=(400, 700),
+        lengths=(600, 900),
         out=tmp_path / name,
         depths=(0.0, 1.0),
         samples=2,
