@@ -89,25 +89,28 @@ class _Layout:
         Needles sit before whole unit ``slot``; the tail directly follows the last whole unit, so adding it
         changes no needle's neighbours. With ``start`` > 0 only the text from slot ``start`` on is
         returned (with its leading glue; the head is left out) and the spans are not meaningful.
+        Runs of filler units between needles are joined in one call (this is what makes 1M tokens cheap).
         """
-        slots: list[list[int]] = [[] for _ in range(units + 1)]
+        by_slot: dict[int, list[int]] = {}
         for k in sorted(range(len(self.needles)), key=lambda k: self.needles[k].rank):
-            slots[self.slot(k, units)].append(k)
-        sequence: list[tuple[str, str, int]] = [("filler", "", -1)] if start else []
-        for slot in range(start, units + 1):
+            by_slot.setdefault(self.slot(k, units), []).append(k)
+        elements: list[tuple[str, str, int]] = [("filler", "", -1)] if start else []
+        cursor = start
+        for slot in sorted({s for s in by_slot if s >= start} | {units}):
+            if slot > cursor:
+                elements.append(("filler", self.sep.join(self.unit(i) for i in range(cursor, slot)), -1))
             if slot == units and tail:
-                sequence.append(("filler", tail, -1))
-            sequence.extend(("needle", self.needles[k].text, k) for k in slots[slot])
-            if slot < units:
-                sequence.append(("filler", self.unit(slot), -1))
+                elements.append(("filler", tail, -1))
+            elements.extend(("needle", self.needles[k].text, k) for k in by_slot.get(slot, []))
+            cursor = max(cursor, slot)
         parts: list[str] = [] if start else [self.head]
         spans: list[tuple[int, int]] = [(0, 0)] * len(self.needles)
         offset = 0 if start else len(self.head)
         first = 1 if start else 0
-        for position in range(first, len(sequence)):
-            kind, text, k = sequence[position]
+        for position in range(first, len(elements)):
+            kind, text, k = elements[position]
             if position:
-                glue = self.sep if kind == sequence[position - 1][0] == "filler" else self.needle_sep
+                glue = self.sep if kind == elements[position - 1][0] == "filler" else self.needle_sep
                 parts.append(glue)
                 offset += len(glue)
             if kind == "needle":
