@@ -61,17 +61,16 @@ class CellWorker:
         self.tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
         self.stacks = {stack.repr: stack for stack in plan.stacks}
         self.backend, self.facts = build_backend(config)
-        self.loads = 1
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def describe(self) -> dict[str, Any]:
-        return {**self.facts, "worker": self.name, "loads": self.loads}
+        return {**self.facts, "worker": self.name}
 
     def run(self, cell: Cell) -> CellResult:
-        from longreach.runner.sweep import run_cell
+        from longreach.runner import sweep
 
-        result = run_cell(cell, self.tasks[cell.task], self.stacks[cell.method], self.backend, self.seed)
-        result.meta.update(worker=self.name, worker_model_loads=self.loads)
+        result = sweep.run_cell(cell, self.tasks[cell.task], self.stacks[cell.method], self.backend, self.seed)
+        result.meta.update(worker=self.name, worker_model_loads=sweep.BACKENDS_BUILT)
         return result
 
 

@@ -34,6 +34,9 @@ from longreach.runner.provenance import provenance
 from longreach.runner.store import STORE_NAME, Cell, CellResult, ResultsStore
 from longreach.tasks import Task
 
+# How many backends (models) this process has built: a Ray worker reports it with every cell.
+BACKENDS_BUILT = 0
+
 # Settings that must match for a resumed run to mix with the stored cells.
 _IDENTITY = ("model", "dtype", "seed", "backend")
 
@@ -101,6 +104,8 @@ def build_backend(
     config: SweepConfig, loader: Callable[[str, str], LoadedModel] = load_model
 ) -> tuple[Backend, dict[str, Any]]:
     """The backend a config asks for and the model facts for provenance (loads weights for ``hf``)."""
+    global BACKENDS_BUILT
+    BACKENDS_BUILT += 1
     if config.backend == "openai":
         local = load_tokenizer(resolve(config.tokenizer)) if config.tokenizer else None
         backend = OpenAIBackend(
