@@ -7,6 +7,7 @@ import pytest
 
 import longreach.cli as cli
 from longreach.runner.sweep import SweepSummary
+from longreach.tasks import FAMILIES, parse_task
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -59,6 +60,26 @@ def test_eval_builds_the_sweep_config(monkeypatch, capsys, tmp_path):
     assert config.depths == (0.0, 1.0) and config.samples == 3 and config.seed == 4 and config.dtype == "fp32"
     assert config.methods == ("none", "none") and config.resume and config.out == tmp_path
     assert "report: " in out and "12 cells run" in out
+
+
+def test_suites_expand_into_their_tasks(monkeypatch, capsys, tmp_path):
+    seen = {}
+
+    def fake_run_sweep(config, show_progress):
+        seen["config"] = config
+        (tmp_path / "report.md").write_text("x")
+        return SweepSummary(tmp_path, 1, 0, 1, 0)
+
+    monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
+    argv = ["eval", "--model", "m", "--task", "passkey,cwe", "--suite", "ruler-lite", "--lengths", "1k"]
+    code, _, _ = run(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 0
+    tasks = seen["config"].tasks
+    assert tasks[:2] == ("passkey", "cwe") and len(tasks) == 12, "cwe is in both and kept once"
+    assert {"niah_single_1", "niah_multiquery", "vt", "fwe"} <= set(tasks)
+    code, _, _ = run(["eval", "--model", "m", "--suite", "taxonomy", "--lengths", "1k", "--out", str(tmp_path)], capsys)
+    families = {parse_task(spec).task.family for spec in seen["config"].tasks}
+    assert families == {name for name in FAMILIES if name != "jsonl"}, "one task of every generated family"
 
 
 def test_eval_with_failed_cells_exits_one(monkeypatch, capsys, tmp_path):
@@ -120,7 +141,11 @@ def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
             ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--samples", "x", "--out", "o"],
             "Invalid value for '--samples'",
         ),
-        (["eval", "--model", "tiny-llama", "--lengths", "1k", "--out", "o"], "Missing option '--task'"),
+        (["eval", "--model", "tiny-llama", "--lengths", "1k", "--out", "o"], "give --task (e.g. passkey) or --suite"),
+        (
+            ["eval", "--model", "tiny-llama", "--suite", "rulerlite", "--lengths", "1k", "--out", "o"],
+            "unknown suite 'rulerlite': did you mean 'ruler-lite'?",
+        ),
         (["evl"], "No such command 'evl'"),
     ],
 )

@@ -6,11 +6,19 @@ from longreach import tokens
 from longreach.tasks import TASKS, parse_task
 from longreach.tasks.fitting import LengthFitError
 
-GENERATED = [name for name, entry in TASKS.items() if entry.family.uses_depth]
+GENERATED = [name for name in TASKS.names() if name != "jsonl"]
+DEPTH = [name for name in GENERATED if TASKS.get(name).family.uses_depth]
+
+
+def _depths(name: str) -> tuple[float, ...]:
+    return (0.0, 0.5, 1.0) if name in DEPTH else (0.0,)
 
 
 def test_every_variant_is_covered_by_this_contract():
     assert set(GENERATED) | {"jsonl"} == set(TASKS.names())
+    families = {TASKS.get(name).family.family for name in GENERATED}
+    expected = {"passkey", "needle", "threading", "variables", "aggregation", "biographies", "database"}
+    assert families >= expected | {"ordering", "confusers", "longgen"}
 
 
 @pytest.mark.parametrize("name", GENERATED)
@@ -18,15 +26,17 @@ def test_generation_is_deterministic(tiny, name):
     task = parse_task(name).task
     first = task.generate(tiny.tokenizer, 900, 0.3, seed=7, index=2)
     again = task.generate(tiny.tokenizer, 900, 0.3, seed=7, index=2)
-    assert first == again and first.prompt == again.prompt
+    assert first == again and first.prompt == again.prompt and first.meta == again.meta
     other = task.generate(tiny.tokenizer, 900, 0.3, seed=7, index=3)
-    assert other.answers != first.answers
+    assert other.prompt != first.prompt
+    reseeded = task.generate(tiny.tokenizer, 900, 0.3, seed=8, index=2)
+    assert reseeded.prompt != first.prompt
 
 
 @pytest.mark.parametrize("name", GENERATED)
-@pytest.mark.parametrize("length", [700, 1001, 1536, 2047])
+@pytest.mark.parametrize("length", [900, 1001, 1536, 2047])
 def test_length_is_exact_in_the_model_tokenizer(tiny, name, length):
-    for depth in (0.0, 0.5, 1.0):
+    for depth in _depths(name):
         sample = parse_task(name).task.generate(tiny.tokenizer, length, depth, seed=0, index=0)
         assert tokens.count(tiny.tokenizer, sample.prompt) == length
         assert sample.meta["realized_tokens"] == length
@@ -39,16 +49,17 @@ def test_length_is_exact_with_a_real_49k_bpe(smollm2_tokenizer, name, length):
     assert tokens.count(smollm2_tokenizer, sample.prompt) == length
 
 
-@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("name", DEPTH)
 @pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
 def test_answer_sits_at_the_requested_depth(tiny, name, depth):
     sample = parse_task(name).task.generate(tiny.tokenizer, 1800, depth, seed=3, index=1)
-    for answer in sample.answers:
-        assert answer in sample.context, "every gold value is in the context, before the question"
+    evidence = sample.meta.get("evidence") or list(sample.answers)
+    for item in evidence:
+        assert item in sample.context, "the evidence is in the context, before the question"
     ids = tokens.encode(tiny.tokenizer, sample.prompt)
     first, last = sample.meta["needle_token_offsets"][0]
     needle_text = tiny.tokenizer.decode(ids[first:last])
-    assert sample.answers[0] in needle_text, "the first offset is the needle holding the first answer"
+    assert evidence[0] in needle_text, "the first offset is the needle holding the (first) answer"
     # Needles sit between whole filler units, so the realized depth is within about a unit of the request.
     assert abs(sample.meta["realized_depth"] - depth) <= 2.0 / sample.meta["filler_units"] + 0.01
 
@@ -65,10 +76,19 @@ def test_probe_is_the_same_at_every_length(tiny, name):
 @pytest.mark.parametrize("name", GENERATED)
 def test_perfect_answer_scores_one_and_wrong_scores_zero(tiny, name):
     task = parse_task(name).task
-    sample = task.generate(tiny.tokenizer, 800, 0.5, seed=0, index=0)
-    assert task.score(sample, " " + ", ".join(sample.answers) + ".") == 1.0
-    assert task.score(sample, " 0000000 nothing-here") == 0.0
-    assert task.score(sample, "1" + sample.answers[0] + "1") == 0.0, "digits glued on either side do not count"
+    for index in range(3):
+        sample = task.generate(tiny.tokenizer, 1000, 0.5, seed=0, index=index)
+        assert task.score(sample, task.reference_answer(sample)) == 1.0
+        assert task.score(sample, " 0000000 nothing-here") == 0.0
+        assert task.score(sample, "") == 0.0
+        assert task.score(sample, "1" + sample.answers[0] + "1") == 0.0, "digits glued on either side do not count"
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_a_random_baseline_is_recorded(tiny, name):
+    sample = parse_task(name).task.generate(tiny.tokenizer, 1000, 0.5, seed=0, index=0)
+    baseline = sample.meta["random_baseline"]
+    assert isinstance(baseline, float) and 0.0 <= baseline <= 1.0
 
 
 @pytest.mark.parametrize("name", GENERATED)

@@ -22,7 +22,7 @@ from longreach.models import ZOO, load_model
 from longreach.report import render_report
 from longreach.runner import SweepConfig, parse_depths, parse_lengths, run_sweep
 from longreach.runner.export import export_instances
-from longreach.tasks import TASKS
+from longreach.tasks import SUITES, TASKS, suite_tasks
 from longreach.weights import codec as weight_codec
 from longreach.weights.model import compress_model
 
@@ -35,7 +35,8 @@ app = typer.Typer(
 out = Console()
 
 MODEL = typer.Option(..., "--model", help="zoo name (see `longreach models`), HF model directory or .gguf file")
-TASK = typer.Option(..., "--task", help="comma-separated task specs, e.g. passkey,niah_multikey_1")
+TASK = typer.Option("", "--task", help="comma-separated task specs, e.g. passkey,niah_multikey_1")
+SUITE = typer.Option("", "--suite", help="comma-separated suites (see `longreach tasks`), e.g. ruler-lite, taxonomy")
 LENGTHS = typer.Option(..., "--lengths", help="context lengths in tokens, e.g. 1k,2k,4k")
 DEPTHS = typer.Option("0,0.5,1", "--depths", help="needle depths in [0, 1]")
 SAMPLES = typer.Option(1, "--samples", min=1, help="samples per (task, method, length, depth)")
@@ -46,6 +47,7 @@ SEED = typer.Option(0, "--seed", help="base seed; every sample derives its own R
 def eval_command(
     model: str = MODEL,
     task: str = TASK,
+    suite: str = SUITE,
     lengths: str = LENGTHS,
     out_dir: Path = typer.Option(..., "--out", help="output folder (results.sqlite + report files)"),
     depths: str = DEPTHS,
@@ -63,11 +65,20 @@ def eval_command(
         help="start from the previous cell's KV cache where prompts agree (faster; prefill times then cover "
         "only the recomputed part)",
     ),
+    backend: str = typer.Option("hf", "--backend", help="hf (local, applies methods) | openai (a server)"),
+    base_url: str = typer.Option("", "--base-url", help="openai: the server, e.g. http://127.0.0.1:8000/v1"),
+    api: str = typer.Option("completions", "--api", help="openai: completions | chat"),
+    tokenizer: str = typer.Option("", "--tokenizer", help="openai: local tokenizer if the server has no tokenize"),
+    concurrency: int = typer.Option(4, "--concurrency", help="openai: requests in flight"),
+    timeout: float = typer.Option(600.0, "--timeout", help="openai: seconds per request"),
+    executor: str = typer.Option("local", "--executor", help="local | ray"),
+    ray_address: str = typer.Option("", "--ray-address", help="ray: an existing cluster (default: a local one)"),
+    workers: int = typer.Option(0, "--workers", help="ray: actors, each loading the model once (0: one per CPU)"),
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
         model=model,
-        tasks=tuple(task.split(",")),
+        tasks=_tasks(task, suite),
         lengths=parse_lengths(lengths),
         out=out_dir,
         methods=tuple(method),
@@ -79,6 +90,15 @@ def eval_command(
         threshold=threshold,
         interleave=interleave,
         reuse_prefix=reuse_prefix,
+        backend=backend,
+        base_url=base_url,
+        api=api,
+        tokenizer=tokenizer,
+        concurrency=concurrency,
+        timeout=timeout,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)
@@ -106,6 +126,7 @@ def report_command(
 def generate_command(
     model: str = MODEL,
     task: str = TASK,
+    suite: str = SUITE,
     lengths: str = LENGTHS,
     out_file: Path = typer.Option(..., "--out", help="the JSONL file to write"),
     depths: str = DEPTHS,
@@ -115,7 +136,7 @@ def generate_command(
     """Write the instances an eval with the same flags would run (one JSON object a line)."""
     config = SweepConfig(
         model=model,
-        tasks=tuple(task.split(",")),
+        tasks=_tasks(task, suite),
         lengths=parse_lengths(lengths),
         out=out_file.parent,
         depths=parse_depths(depths),
@@ -214,7 +235,19 @@ def tasks_command() -> int:
         knobs = ", ".join(f"{n}={entry.defaults.get(n, d)}" for n, d, _ in params.describe_fields(entry.family))
         table.add_row(name, entry.family.family, entry.summary, knobs)
     out.print(table)
+    suites = Table("suite", "description", "tasks")
+    for name, suite in SUITES.items():
+        suites.add_row(name, suite.summary, ", ".join(suite.tasks))
+    out.print(suites)
     return 0
+
+
+def _tasks(task: str, suite: str) -> tuple[str, ...]:
+    """The task specs of ``--task`` followed by those of ``--suite`` (at least one of them is needed)."""
+    if not task.strip() and not suite.strip():
+        raise LongreachError("give --task (e.g. passkey) or --suite (e.g. ruler-lite); see `longreach tasks`")
+    specs = [s.strip() for s in task.split(",") if s.strip()]
+    return tuple(dict.fromkeys(specs + (list(suite_tasks(suite)) if suite.strip() else [])))
 
 
 def _fail(message: str) -> None:

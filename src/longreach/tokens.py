@@ -3,6 +3,8 @@ with them, so a prompt generated at N tokens is exactly N tokens when the model 
 
 from __future__ import annotations
 
+import bisect
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -15,13 +17,104 @@ def count(tokenizer: Any, text: str) -> int:
     return len(encode(tokenizer, text))
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """``text`` encoded once: its ids, and a way to map characters to tokens."""
+
+    tokenizer: Any
+    text: str
+    ids: list[int]
+    parts: tuple[tuple[int, int, Any], ...] = ()  # (first char, first token, ``tokenizers.Encoding``) per chunk
+
+    def token_indices_of_chars(self, char_indices: list[int]) -> list[int]:
+        """For each character index, the index of the first token that ends after it."""
+        if not self.parts:
+            return [count(self.tokenizer, self.text[:c]) for c in char_indices]
+        starts = [start for start, _, _ in self.parts]
+        found = []
+        for char_index in char_indices:
+            index = None
+            while index is None and 0 <= char_index < len(self.text):  # spaces trimmed off tokens map to none
+                chunk_start, token_start, rust = self.parts[bisect.bisect_right(starts, char_index) - 1]
+                local = rust.char_to_token(char_index - chunk_start)
+                index = None if local is None else token_start + local
+                char_index += 1
+            found.append(len(self.ids) if index is None else index)
+        return found
+
+
+_PARALLEL_CHARS = 400_000  # below this one call is as fast as splitting
+_CHUNKS = 16
+_WINDOW = 96
+
+
+def encode_with_offsets(tokenizer: Any, text: str) -> Encoding:
+    """One tokenization giving both the ids and (for fast tokenizers) the character-to-token map.
+
+    Fast tokenizers are called through their Rust backend (the same ids as ``encode``, without building
+    Python offset lists). Long texts are cut into chunks at word starts (a space followed by a letter,
+    after a non-space) and encoded in parallel, when the tokenizer's pre-tokenizer splits words by regex
+    (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM) and adds special tokens only in front. Such a cut is a
+    pre-token boundary, so the ids are the ones a single call gives; every cut is also checked on a window
+    around it (one call over the window equals the two halves), else the text is encoded in one call.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return Encoding(tokenizer, text, encode(tokenizer, text))
+    if len(text) >= _PARALLEL_CHARS and _splits_by_regex(backend):
+        parts = _encode_chunks(backend, text)
+        if parts is not None:
+            ids = [i for _, _, rust in parts for i in rust.ids]
+            return Encoding(tokenizer, text, ids, parts)
+    rust = backend.encode(text, add_special_tokens=True)
+    return Encoding(tokenizer, text, rust.ids, ((0, 0, rust),))
+
+
+def _splits_by_regex(backend: Any) -> bool:
+    pre = backend.pre_tokenizer
+    names = {type(p).__name__ for p in getattr(pre, "pre_tokenizers", [pre])} if pre is not None else set()
+    regex = "ByteLevel" in names and ("Split" in names or getattr(pre, "use_regex", False))
+    if backend.normalizer is not None or not regex or type(backend.model).__name__ != "BPE":
+        return False
+    plain = backend.encode("a b", add_special_tokens=False).ids
+    full = backend.encode("a b", add_special_tokens=True).ids
+    return full[len(full) - len(plain) :] == plain  # special tokens, if any, only in front
+
+
+def _encode_chunks(backend: Any, text: str) -> tuple[tuple[int, int, Any], ...] | None:
+    size = len(text) // _CHUNKS
+    cuts = [0]
+    for k in range(1, _CHUNKS):
+        cut = _word_start(text, k * size)
+        if cut is None or cut <= cuts[-1]:
+            return None
+        cuts.append(cut)
+    cuts.append(len(text))
+    for cut in cuts[1:-1]:
+        left, right = text[cut - _WINDOW : cut], text[cut : cut + _WINDOW]
+        halves = backend.encode_batch([left, right, left + right], add_special_tokens=False)
+        if len(halves[0].ids) + len(halves[1].ids) != len(halves[2].ids):
+            return None
+    chunks = [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    encoded = backend.encode_batch(chunks, add_special_tokens=False)
+    specials = backend.encode("", add_special_tokens=True).ids
+    first = backend.encode(chunks[0], add_special_tokens=True) if specials else encoded[0]
+    encoded[0] = first
+    parts, token = [], 0
+    for start, rust in zip(cuts, encoded, strict=False):
+        parts.append((start, token, rust))
+        token += len(rust.ids)
+    return tuple(parts)
+
+
+def _word_start(text: str, near: int) -> int | None:
+    """The first index at or after ``near`` where a space follows a non-space and precedes a letter."""
+    for i in range(max(1, near), min(len(text) - 1, near + 20_000)):
+        if text[i] == " " and text[i + 1].isalpha() and text[i + 1].isascii() and not text[i - 1].isspace():
+            return i
+    return None
+
+
 def token_indices_of_chars(tokenizer: Any, text: str, char_indices: list[int]) -> list[int]:
     """For each character index of ``text``, the index of the first token that ends after it."""
-    if not getattr(tokenizer, "is_fast", False):
-        return [count(tokenizer, text[:c]) for c in char_indices]
-    offsets = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
-    ends = [end if end > start else -1 for start, end in offsets]
-    found = []
-    for char_index in char_indices:
-        found.append(next((i for i, end in enumerate(ends) if end > char_index), len(ends)))
-    return found
+    return encode_with_offsets(tokenizer, text).token_indices_of_chars(char_indices)

@@ -23,6 +23,7 @@ class Point:
     prefill_seconds: float
     peak_rss_mb: float
     kv_cache_bytes: float
+    random_baseline: float | None = None  # mean expected score of a guess, from the samples' meta
 
 
 def _point(rows: list[dict[str, Any]]) -> Point:
@@ -36,7 +37,13 @@ def _point(rows: list[dict[str, Any]]) -> Point:
         prefill_seconds=median("prefill_seconds"),
         peak_rss_mb=max(r["peak_rss_mb"] for r in rows),
         kv_cache_bytes=median("kv_cache_bytes"),
+        random_baseline=_baseline(rows),
     )
+
+
+def _baseline(rows: list[dict[str, Any]]) -> float | None:
+    values = [r["meta"]["random_baseline"] for r in rows if (r.get("meta") or {}).get("random_baseline") is not None]
+    return statistics.fmean(values) if values else None
 
 
 def by_length(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], Point]:

@@ -154,13 +154,15 @@ def _tables(
     label = {x: plots.tokens_label(x) + ("*" if native and x > native else "") for x in lengths}
     scores = Table(
         "Mean score by length",
-        ["task", "method"] + [label[x] for x in lengths],
+        ["task", "method"] + [label[x] for x in lengths] + ["random baseline"],
         [
             [task, method]
             + [f"{points[(task, method, x)].score:.2f}" if (task, method, x) in points else "" for x in lengths]
+            + [_baseline_text([p for (t, m, _), p in points.items() if (t, m) == (task, method)])]
             for task, method in sorted({(t, m) for (t, m, _) in points})
         ],
-        "* beyond the model's native window" if any("*" in v for v in label.values()) else "",
+        "random baseline: the expected score of a guess (each family states its guess), mean over the cells"
+        + ("; * beyond the model's native window" if any("*" in v for v in label.values()) else ""),
     )
     tasks = sorted({t for (t, _, _) in points})
     eff = Table(
@@ -208,6 +210,14 @@ def _cost_rows(points: dict[tuple[str, str, int], Point]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _baseline_text(points: list[Point]) -> str:
+    values = [p.random_baseline for p in points if p.random_baseline is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}" if mean >= 0.01 or mean == 0 else f"{mean:.1e}"
 
 
 def _tokens_or_dash(value: int | None) -> str:

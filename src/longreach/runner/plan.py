@@ -62,6 +62,16 @@ class SweepConfig:
     threshold: float = 0.85
     interleave: bool = False  # run every method on a sample before the next sample (fair timing comparisons)
     reuse_prefix: bool = False  # start each prefill from the previous cell's cache where prompts agree
+    backend: str = "hf"  # hf | openai
+    base_url: str = ""  # openai: the server, e.g. http://127.0.0.1:8000/v1
+    api: str = "completions"  # openai: completions | chat
+    tokenizer: str = ""  # openai: a local tokenizer (zoo name, HF dir, .gguf) instead of the server's endpoint
+    concurrency: int = 4  # openai: requests in flight
+    timeout: float = 600.0  # openai: seconds per request
+    retries: int = 4  # openai: retries of a request on 429 / 5xx / no answer, with exponential backoff
+    executor: str = "local"  # local | ray
+    ray_address: str = ""  # ray: an existing cluster (default: start a local one)
+    workers: int = 0  # ray: actors (0: one per CPU of the cluster)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,18 @@ class Plan:
             raise LongreachError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
         if not 0.0 < config.threshold <= 1.0:
             raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
+        if config.backend not in ("hf", "openai"):
+            raise LongreachError(f"unknown backend {config.backend!r}; valid: hf, openai")
+        if config.backend == "openai" and not config.base_url:
+            raise LongreachError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
+        if config.api not in ("completions", "chat"):
+            raise LongreachError(f"unknown api {config.api!r}; valid: completions, chat")
+        if config.executor not in ("local", "ray"):
+            raise LongreachError(f"unknown executor {config.executor!r}; valid: local, ray")
+        if config.concurrency < 1 or config.workers < 0:
+            raise LongreachError(
+                f"concurrency must be >= 1 and workers >= 0; got {config.concurrency}, {config.workers}"
+            )
         tasks = parse_tasks(",".join(config.tasks))
         stacks = list({stack.repr: stack for stack in map(parse_stack, config.methods)}.values())
         return cls(tasks=tasks, stacks=stacks, config=config)

@@ -8,7 +8,7 @@ on ``resume``; a failing cell is stored as ``error`` and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,21 @@ from rich.progress import (
 )
 
 from longreach.backends import Backend, HFBackend, Request
+from longreach.backends.openai import BackendUnavailable, OpenAIBackend
 from longreach.errors import LongreachError
 from longreach.methods import MethodStack, auto, parse_stack
-from longreach.models import LoadedModel, load_model, load_tokenizer, resolve
+from longreach.models import ZOO, LoadedModel, load_model, load_tokenizer, resolve
+from longreach.runner.executors import local_results, ray_results
 from longreach.runner.plan import Plan, SweepConfig
 from longreach.runner.provenance import provenance
 from longreach.runner.store import STORE_NAME, Cell, CellResult, ResultsStore
 from longreach.tasks import Task
 
+# How many backends (models) this process has built: a Ray worker reports it with every cell.
+BACKENDS_BUILT = 0
+
 # Settings that must match for a resumed run to mix with the stored cells.
-_IDENTITY = ("model", "dtype", "seed")
+_IDENTITY = ("model", "dtype", "seed", "backend")
 
 
 @dataclass(frozen=True)
@@ -62,21 +67,78 @@ def run_sweep(
     stacks = {stack.repr: stack for stack in plan.stacks}
     finished = _check_resume(config)
     todo = [cell for cell in cells if cell.key not in finished]
-    tokenizer = load_tokenizer(resolve(config.model))
+    backend: Backend | None = None
+    facts: dict[str, Any] = {}
+    if config.backend == "openai" and config.executor == "local":
+        backend, facts = build_backend(config)
+        tokenizer = backend.tokenizer
+    elif config.backend == "openai":
+        tokenizer = build_backend(config)[0].tokenizer
+    else:
+        tokenizer = load_tokenizer(resolve(config.model))
     _check_lengths_fit(plan, tokenizer)
     console = Console(stderr=True, quiet=not show_progress)
     failed = 0
     if todo:
-        with console.status(f"loading {config.model} ({config.dtype})"):
-            loaded = loader(config.model, config.dtype)
-        _check_capacity(loaded, [cell for cell in todo if not _bounded(stacks[cell.method])])
         with ResultsStore(config.out) as store:
-            _store_run_meta(store, config, loaded)
-            stacks = _resolve_auto(stacks, loaded, store, config, console)
-            backend = backend_factory(loaded, reuse_prefix=config.reuse_prefix)
-            failed = _run_cells(todo, tasks, stacks, backend, store, config, console)
+            if config.executor == "ray":
+                results = ray_results(todo, config, lambda info: _store_run_meta(store, config, info))
+            else:
+                if backend is None:
+                    with console.status(f"loading {config.model} ({config.dtype})"):
+                        loaded = loader(config.model, config.dtype)
+                    _check_capacity(loaded, [cell for cell in todo if not _bounded(stacks[cell.method])])
+                    stacks = _resolve_auto(stacks, loaded, store, config, console)
+                    backend = backend_factory(loaded, reuse_prefix=config.reuse_prefix)
+                    facts = _loaded_facts(loaded)
+                _store_run_meta(store, config, facts)
+                workers = getattr(backend, "concurrency", 1)
+                results = local_results(
+                    todo,
+                    lambda cell: run_cell(cell, tasks[cell.task], stacks[cell.method], backend, config.seed),
+                    workers,
+                )
+            failed = _record(results, todo, store, console)
     render_report(config.out, threshold=config.threshold)
     return SweepSummary(config.out, len(cells), len(cells) - len(todo), len(todo), failed)
+
+
+def build_backend(
+    config: SweepConfig, loader: Callable[[str, str], LoadedModel] = load_model
+) -> tuple[Backend, dict[str, Any]]:
+    """The backend a config asks for and the model facts for provenance (loads weights for ``hf``)."""
+    global BACKENDS_BUILT
+    BACKENDS_BUILT += 1
+    if config.backend == "openai":
+        local = load_tokenizer(resolve(config.tokenizer)) if config.tokenizer else None
+        backend = OpenAIBackend(
+            config.base_url,
+            config.model,
+            api=config.api,  # type: ignore[arg-type]
+            tokenizer=local,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            retries=config.retries,
+        )
+        zoo = ZOO.get(config.model) or ZOO.get(config.tokenizer)
+        facts = {
+            "name": config.model,
+            "source": f"{config.base_url} ({config.api})",
+            "native_context_length": zoo.native_context_length if zoo else None,
+            "dtype": "served",
+        }
+        return backend, facts
+    loaded = loader(config.model, config.dtype)
+    return HFBackend(loaded), _loaded_facts(loaded)
+
+
+def _loaded_facts(loaded: LoadedModel) -> dict[str, Any]:
+    return {
+        "name": loaded.name,
+        "source": loaded.source,
+        "native_context_length": loaded.native_context_length,
+        "dtype": loaded.dtype,
+    }
 
 
 def _check_resume(config: SweepConfig) -> set[str]:
@@ -135,14 +197,16 @@ def _check_capacity(loaded: LoadedModel, cells: list[Cell]) -> None:
         )
 
 
-def _store_run_meta(store: ResultsStore, config: SweepConfig, loaded: LoadedModel) -> None:
+def _store_run_meta(store: ResultsStore, config: SweepConfig, facts: dict[str, Any]) -> None:
     meta = store.meta()
     flat = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     updates: dict[str, Any] = {"config": flat, "threshold": config.threshold}
     if "provenance" not in meta:
         updates["provenance"] = provenance(
-            loaded.name, loaded.source, loaded.native_context_length, loaded.dtype, config.seed
+            facts["name"], facts["source"], facts["native_context_length"], facts["dtype"], config.seed
         )
+        updates["provenance"]["backend"] = config.backend
+        updates["provenance"]["executor"] = config.executor
     store.set_meta(**updates)
 
 
@@ -170,15 +234,8 @@ def _cost(cell: Cell) -> float:
     return cell.context_length * (1.0 + cell.context_length / 16384)
 
 
-def _run_cells(
-    todo: list[Cell],
-    tasks: dict[str, Task],
-    stacks: dict[str, Any],
-    backend: Backend,
-    store: ResultsStore,
-    config: SweepConfig,
-    console: Console,
-) -> int:
+def _record(results: Iterator[CellResult], todo: list[Cell], store: ResultsStore, console: Console) -> int:
+    """Store each result as it arrives (the driver is the only writer); returns the number of failed cells."""
     failed = 0
     columns = (
         SpinnerColumn(),
@@ -191,30 +248,39 @@ def _run_cells(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("sweep", total=sum(map(_cost, todo)) or 1, done=0, cells=len(todo))
-        for done, cell in enumerate(todo, start=1):
+        for done, result in enumerate(results, start=1):
+            cell = result.cell
             depth = "-" if cell.depth is None else f"{cell.depth:g}"
-            progress.update(
-                bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]"
-            )
-            result = _run_cell(cell, tasks[cell.task], stacks[cell.method], backend, config.seed)
             store.record(result)
             if result.status == "error":
                 failed += 1
                 progress.console.print(f"[red]cell failed[/red] {cell.key}: {result.error}")
-            progress.update(bar, advance=_cost(cell), done=done)
+            progress.update(
+                bar,
+                advance=_cost(cell),
+                done=done,
+                description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]",
+            )
     return failed
 
 
-def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -> CellResult:
+def run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -> CellResult:
+    """Generate the cell's sample, run it, score it. A server that cannot be reached stops the sweep."""
     try:
         sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index)
         request = Request(sample.prompt, sample.max_new_tokens, sample.stop, question_offset=len(sample.context))
         generation = backend.generate([request], stack)[0]
         score = task.score(sample, generation.text)
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(
+            f"{exc}. Finished cells are saved; rerun with --resume once the server is back"
+        ) from None
     except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
         return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")
     meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth")}
     meta["reused_tokens"] = generation.reused_tokens
+    if generation.prompt_tokens and generation.prompt_tokens != sample.meta["realized_tokens"]:
+        meta["generated_tokens_mismatch"] = sample.meta["realized_tokens"]  # e.g. a server's chat template
     return CellResult(
         cell,
         "ok",
@@ -223,10 +289,13 @@ def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -
         prefill_seconds=generation.prefill_seconds,
         peak_rss_mb=generation.peak_rss_mb,
         kv_cache_bytes=generation.kv_cache_bytes,
-        realized_tokens=generation.prompt_tokens,
+        realized_tokens=generation.prompt_tokens or sample.meta["realized_tokens"],
         realized_depth=sample.meta.get("realized_depth"),
         new_tokens=generation.new_tokens,
         prediction=generation.text,
         answers=list(sample.answers),
         meta=meta,
     )
+
+
+_run_cell = run_cell

@@ -21,7 +21,8 @@ class Sample:
 
     ``context`` is what a question-agnostic method may see (and compress) before the question;
     ``question`` ends with the answer prefix the model continues from.
-    ``meta`` holds realized_tokens, needle_token_offsets, realized_depth and generator details.
+    ``meta`` holds realized_tokens, needle_token_offsets, realized_depth, ``random_baseline`` (the expected
+    score of a guess, stated per family) and generator details.
     """
 
     task: str
@@ -50,6 +51,10 @@ class Task:
 
     def score(self, sample: Sample, prediction: str) -> float:
         raise NotImplementedError
+
+    def reference_answer(self, sample: Sample) -> str:
+        """A prediction that scores 1.0: documents the answer format, and the contract tests use it."""
+        return " " + ", ".join(sample.answers) + "."
 
     def num_instances(self) -> int | None:
         """How many distinct instances exist (None: unlimited, generated on demand)."""

@@ -58,3 +58,15 @@ def prose_units(rng: random.Random) -> Callable[[int], str]:
         return drawn[i]
 
     return unit
+
+
+def drawn_units(make: Callable[[], str]) -> Callable[[int], str]:
+    """Units drawn one after another by ``make`` (e.g. from a seeded RNG), memoised so unit ``i`` is stable."""
+    drawn: list[str] = []
+
+    def unit(i: int) -> str:
+        while len(drawn) <= i:
+            drawn.append(make())
+        return drawn[i]
+
+    return unit

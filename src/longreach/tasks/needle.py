@@ -84,13 +84,10 @@ class NeedleTask(Task):
             max_new_tokens=self.max_new_tokens or (32 if self.single else 128),
             stop=("\n", ".") if self.single else ("\n\n",),
             meta={
-                "realized_tokens": fitted.realized_tokens,
-                "filler_units": fitted.filler_units,
-                "needle_token_offsets": fitted.needle_token_offsets,
-                "realized_depth": fitted.realized_depths[0],
-                "needle_depths": fitted.realized_depths,
+                **fitted.meta(),
                 "keys": [keys[q] for q in queried],
                 "match": "all",
+                "random_baseline": _guess(self.value_type),
             },
         )
 
@@ -147,3 +144,13 @@ class NeedleTask(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         return scoring.match_all(sample.answers, prediction)
+
+
+def _guess(value_type: str) -> float:
+    """Expected score of a uniform guess of one value of the asked type (RULER's values are random)."""
+    space = {
+        "numbers": 9 * 10**6,
+        "words": len(words.word_list("adjectives")) * len(words.word_list("nouns")),
+        "uuids": 2**122,
+    }[value_type]
+    return 1 / space

@@ -59,11 +59,9 @@ class Passkey(Task):
             max_new_tokens=self.max_new_tokens,
             stop=("\n", "."),
             meta={
-                "realized_tokens": fitted.realized_tokens,
-                "filler_units": fitted.filler_units,
-                "needle_token_offsets": fitted.needle_token_offsets,
-                "realized_depth": fitted.realized_depths[0],
+                **fitted.meta(),
                 "match": "all",
+                "random_baseline": 1 / (9 * 10 ** (self.digits - 1)),  # a uniform guess of a number of that size
             },
         )
 

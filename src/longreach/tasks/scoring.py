@@ -32,3 +32,49 @@ def match_all(golds: tuple[str, ...] | list[str], prediction: str) -> float:
 def match_any(golds: tuple[str, ...] | list[str], prediction: str) -> float:
     """1.0 when any gold alias is present, else 0.0."""
     return float(any(contains(prediction, gold) for gold in golds))
+
+
+def found(candidates: tuple[str, ...] | list[str], prediction: str) -> set[str]:
+    """The candidates (e.g. every entity name of a sample) that occur in the prediction."""
+    return {c for c in candidates if contains(prediction, c)}
+
+
+def f1(predicted: set[str], gold: set[str]) -> float:
+    """Set F1: precision and recall of the predicted items against the gold ones (1.0 when both are empty)."""
+    if not predicted and not gold:
+        return 1.0
+    hits = len(predicted & gold)
+    if not hits:
+        return 0.0
+    precision, recall = hits / len(predicted), hits / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+_INTEGER = re.compile(r"-?\d[\d,]*")
+
+
+def last_integer(prediction: str) -> int | None:
+    """The last integer in the text (thousands commas allowed), LongBioBench's and LongGenBench's rule."""
+    numbers = [m.group().replace(",", "") for m in _INTEGER.finditer(clean(prediction))]
+    numbers = [n for n in numbers if n.lstrip("-").isdigit()]
+    return int(numbers[-1]) if numbers else None
+
+
+def in_order(golds: tuple[str, ...] | list[str], prediction: str) -> float:
+    """1.0 when every gold item occurs, in the given order (LongBioBench's sequential all-or-nothing rule)."""
+    text, cursor = clean(prediction), 0
+    for gold in golds:
+        pattern = r"(?<![0-9A-Za-z])" + re.escape(gold.strip()) + r"(?![0-9A-Za-z])"
+        match = re.compile(pattern, flags=re.IGNORECASE).search(text, cursor)
+        if match is None:
+            return 0.0
+        cursor = match.end()
+    return 1.0
+
+
+_REFUSALS = ("not stated", "not mentioned", "not explicitly stated", "not given", "not provided", "unknown")
+
+
+def refuses(prediction: str) -> bool:
+    """True when the prediction says the answer is not in the text."""
+    return any(contains(prediction, phrase) for phrase in _REFUSALS)

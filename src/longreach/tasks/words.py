@@ -6,6 +6,7 @@ import functools
 import importlib.resources
 import random
 import uuid
+from collections.abc import Callable
 
 
 @functools.cache
@@ -46,3 +47,36 @@ def unique_values(rng: random.Random, kind: str, count: int, taken: set[str]) ->
     if len(values) < count:
         raise RuntimeError(f"could not draw {count} distinct {kind}")
     return values
+
+
+_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "l", "m", "n", "p", "pr", "r", "s", "st", "t", "tr", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+
+
+def pseudo_word(rng: random.Random, syllables: int = 3) -> str:
+    """A pronounceable made-up word such as ``dravomi`` (no meaning, so nothing to memorise)."""
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
+
+
+def letters(rng: random.Random, count: int) -> str:
+    """``count`` random upper-case letters (RULER's variable names)."""
+    return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(count))
+
+
+def unique(rng: random.Random, make: Callable[[random.Random], str], count: int, taken: set[str]) -> list[str]:
+    """``count`` fresh values from ``make`` not in ``taken``; adds them to ``taken``."""
+    values: list[str] = []
+    for _ in range(count * 1000 + 100):
+        if len(values) == count:
+            return values
+        value = make(rng)
+        if value not in taken:
+            taken.add(value)
+            values.append(value)
+    raise RuntimeError(f"could not draw {count} distinct values")
+
+
+def person_name(rng: random.Random) -> str:
+    """A fictional full name from the vendored first and last name lists (first middle-initial last)."""
+    first = rng.choice(word_list("first_names"))
+    return f"{first} {rng.choice('ABCDEFGHJKLMNPRSTVW')}. {rng.choice(word_list('last_names'))}"

