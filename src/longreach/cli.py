@@ -61,6 +61,12 @@ def eval_command(
         help="start from the previous cell's KV cache where prompts agree (faster; prefill times then cover "
         "only the recomputed part)",
     ),
+    question_mode: str = typer.Option(
+        "aware",
+        "--question-mode",
+        help="aware (a cache method compresses after reading the question) and/or agnostic (the context is "
+        "compressed first, then the question is read), comma-separated",
+    ),
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
@@ -77,6 +83,7 @@ def eval_command(
         threshold=threshold,
         interleave=interleave,
         reuse_prefix=reuse_prefix,
+        question_modes=tuple(m.strip() for m in question_mode.split(",")),
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)

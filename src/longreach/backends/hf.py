@@ -1,8 +1,13 @@
 """The local backend: a transformers model in this process, with the method stack applied.
 
 Each request is prefilled once with ``logits_to_keep=1`` (full logits at 8K tokens x 262K vocab would
-be 8.6 GB), then decoded greedily one token at a time from the KV cache. Per request it records wall
-and prefill seconds, the peak RSS of the process and the physical bytes of the KV cache.
+be 8.6 GB), then decoded greedily one token at a time from the KV cache. Per request it records wall,
+prefill and decode seconds, the peak RSS of the process and the physical bytes of the KV cache.
+
+With a cache method (or a question-agnostic request) the prompt is read in two parts: first the part that
+is compressed (question-aware: all but the last token; question-agnostic: the context), with the cache
+method compressing each layer as it is read, then the rest on top of the compressed cache. Every new token
+is therefore computed from the compressed cache, as in kvpress's pipeline.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import torch
 
 from longreach import tokens
 from longreach.backends.base import Generation, Request, cut_at_stop
+from longreach.errors import LongreachError
 from longreach.measure import peak_rss
-from longreach.methods import MethodStack
+from longreach.methods import Method, MethodStack
 from longreach.models import LoadedModel, adapter
 
 MIN_REUSE = 64  # shorter shared prefixes are recomputed: not worth holding a cache for
@@ -31,6 +37,17 @@ class _Previous:
     cache: Any
 
 
+@dataclass
+class _Read:
+    """An uncompressed first part, kept so the next request with the same first part (another cache method or
+    ratio on the same sample, another question on the same context) compresses a copy instead of re-reading
+    it: the full cache and what every layer's attention read (its hidden states, for the methods' scores)."""
+
+    key: tuple[str, tuple[int, ...]]
+    cache: Any
+    inputs: list[adapter.LayerInput]
+
+
 class HFBackend:
     """Runs requests one at a time (batch 1) on ``loaded.model``.
 
@@ -38,7 +55,10 @@ class HFBackend:
     starts from the previous KV cache cropped to their common prefix (RULER-style haystacks shared across
     samples then cost only the part after the first difference). The prefill time then covers only the
     recomputed suffix, so leave it off when measuring time; ``reused_tokens`` records what was skipped.
-    Stacks with cache or reader methods never reuse: their caches are not a plain function of the prefix.
+    Stacks with cache or reader methods never reuse a prefix: their caches are not a plain function of it.
+    With a cache method, ``reuse_prefix`` instead keeps the last uncompressed first part (see :class:`_Read`):
+    a request whose first part is identical token for token compresses a copy of it (a compressed cache is
+    never continued by another prompt).
     """
 
     def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False) -> None:
@@ -47,6 +67,7 @@ class HFBackend:
         self.eos_ids = _eos_ids(loaded)
         self.reuse_prefix = reuse_prefix
         self._previous: _Previous | None = None
+        self._read: _Read | None = None
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
         return [self._one(request, stack) for request in requests]
@@ -56,7 +77,7 @@ class HFBackend:
         previous, self._previous = self._previous, None
         if previous is None or previous.stack != stack.repr or len(previous.ids) != len(prompt_ids):
             return 0, None
-        if stack.of_kind("cache") or stack.of_kind("reader"):
+        if stack.of_kind("cache") or stack.of_kind("reader") or not adapter.is_plain_cache(previous.cache):
             return 0, None
         common = 0
         for a, b in zip(previous.ids, prompt_ids, strict=True):
@@ -69,16 +90,82 @@ class HFBackend:
         adapter.crop_cache(previous.cache, common)
         return common, previous.cache
 
+    def _split(self, request: Request, prompt_ids: list[int], stack: MethodStack, method: Method | None) -> int | None:
+        """Tokens read (and compressed) before the rest of the prompt; None: the prompt is read at once."""
+        if request.mode == "agnostic":
+            if request.question_start is None:
+                raise LongreachError("question-agnostic evaluation needs the question's offset in the prompt")
+            context_ids = tokens.encode(self.tokenizer, request.prompt[: request.question_start])
+            split = next(
+                (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
+                min(len(context_ids), len(prompt_ids)),
+            )
+            if not 1 <= split < len(prompt_ids):
+                raise LongreachError(
+                    f"question-agnostic evaluation needs a non-empty context and question; the context has "
+                    f"{split} of the prompt's {len(prompt_ids)} tokens"
+                )
+            return split
+        if request.mode != "aware":
+            raise LongreachError(f"unknown question mode {request.mode!r}; valid: aware, agnostic")
+        if len(prompt_ids) < 2:
+            return None
+        if method is None and not self._matching_read(stack, prompt_ids[:-1]):
+            return None
+        return len(prompt_ids) - 1
+
+    def _read_key(self, stack: MethodStack, first_ids: list[int]) -> tuple[str, tuple[int, ...]]:
+        base = MethodStack(tuple(m for m in stack.methods if m.kind != "cache")).repr
+        return base, tuple(first_ids)
+
+    def _matching_read(self, stack: MethodStack, first_ids: list[int]) -> bool:
+        """True when the kept uncompressed read is exactly ``first_ids`` under the same non-cache methods."""
+        return self.reuse_prefix and self._read is not None and self._read.key == self._read_key(stack, first_ids)
+
+    def _read_compressed(self, first: torch.Tensor, stack: MethodStack, method: Method | None) -> tuple[int, Any]:
+        """Read ``first`` (1, t) from position 0 and compress it with ``method``: (reused tokens, cache)."""
+        model = self.loaded.model
+        if method is None and not self._matching_read(stack, first[0].tolist()):
+            return 0, adapter.forward(model, first)[1]
+        if not self.reuse_prefix:
+            with method.compressing(self.loaded):
+                return 0, adapter.forward(model, first)[1]
+        key = self._read_key(stack, first[0].tolist())
+        reused = first.shape[1]
+        if self._read is None or self._read.key != key:
+            self._read, reused = None, 0  # free the previous one before reading
+            inputs: list[adapter.LayerInput] = []
+            with adapter.after_attention(model, lambda observed, _cache: inputs.append(observed)):
+                full = adapter.forward(model, first)[1]
+            self._read = _Read(key, full, inputs)
+        cache = adapter.clone_cache(self._read.cache)
+        if method is None:
+            return reused, cache
+        for observed in self._read.inputs:
+            method.compress_layer(observed, cache, len(self._read.inputs))
+        return reused, cache
+
     def _one(self, request: Request, stack: MethodStack) -> Generation:
         model = self.loaded.model
         prompt_ids = tokens.encode(self.tokenizer, request.prompt)
         ids = torch.tensor([prompt_ids])
-        reused, cache = self._reusable(stack, prompt_ids) if self.reuse_prefix else (0, None)
+        method = stack.of_kind("cache")
+        split = self._split(request, prompt_ids, stack, method)
         new_ids: list[int] = []
         text = ""
+        decode_seconds, decode_steps = 0.0, 0
         with torch.inference_mode(), stack.applied(self.loaded), peak_rss() as peak:
             start = time.perf_counter()
-            logits, cache = adapter.forward(model, ids[:, reused:], cache, start=reused)
+            if split is None:
+                reused, cache = self._reusable(stack, prompt_ids) if self.reuse_prefix else (0, None)
+                logits, cache = adapter.forward(model, ids[:, reused:], cache, start=reused)
+                compressed_bytes = adapter.cache_bytes(cache)
+            else:
+                reused, cache = self._read_compressed(ids[:, :split], stack, method)
+                compressed_bytes = adapter.cache_bytes(cache)
+                logits, cache = adapter.forward(model, ids[:, split:], cache, start=split)
+                if method is None and request.mode == "aware":  # read in two parts only to reuse a read
+                    compressed_bytes = adapter.cache_bytes(cache)
             prefill_seconds = time.perf_counter() - start
             kv_bytes = adapter.cache_bytes(cache)
             next_id = int(logits[0, -1].argmax())
@@ -93,13 +180,16 @@ class HFBackend:
                     break
                 if len(new_ids) >= request.max_new_tokens:
                     break
+                step = time.perf_counter()
                 logits, cache = adapter.forward(
                     model, torch.tensor([[next_id]]), cache, start=ids.shape[1] + len(new_ids) - 1
                 )
                 next_id = int(logits[0, -1].argmax())
+                decode_seconds += time.perf_counter() - step
+                decode_steps += 1
             kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
             seconds = time.perf_counter() - start
-        if self.reuse_prefix:
+        if self.reuse_prefix and split is None:
             self._previous = _Previous(stack.repr, prompt_ids, cache)
         return Generation(
             text=text,
@@ -110,6 +200,9 @@ class HFBackend:
             peak_rss_mb=peak.mb,
             kv_cache_bytes=kv_bytes,
             reused_tokens=reused,
+            decode_seconds=decode_seconds,
+            decode_steps=decode_steps,
+            compressed_kv_bytes=compressed_bytes,
         )
 
 

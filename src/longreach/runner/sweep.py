@@ -185,8 +185,9 @@ def _run_cells(
         bar = progress.add_task("sweep", total=sum(map(_cost, todo)) or 1, done=0, cells=len(todo))
         for done, cell in enumerate(todo, start=1):
             depth = "-" if cell.depth is None else f"{cell.depth:g}"
+            mode = "" if cell.mode == "aware" else f" ({cell.mode})"
             progress.update(
-                bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]"
+                bar, description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]{mode}"
             )
             result = _run_cell(cell, tasks[cell.task], stacks[cell.method], backend, config.seed)
             store.record(result)
@@ -200,12 +201,16 @@ def _run_cells(
 def _run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) -> CellResult:
     try:
         sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index)
-        generation = backend.generate([Request(sample.prompt, sample.max_new_tokens, sample.stop)], stack)[0]
+        request = Request(sample.prompt, sample.max_new_tokens, sample.stop, len(sample.context), cell.mode)
+        generation = backend.generate([request], stack)[0]
         score = task.score(sample, generation.text)
     except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
         return CellResult(cell, "error", error=f"{type(exc).__name__}: {exc}")
     meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth")}
     meta["reused_tokens"] = generation.reused_tokens
+    meta["decode_seconds"] = generation.decode_seconds
+    meta["decode_steps"] = generation.decode_steps
+    meta["compressed_kv_bytes"] = generation.compressed_kv_bytes
     return CellResult(
         cell,
         "ok",
