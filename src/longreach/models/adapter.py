@@ -456,3 +456,51 @@ def is_plain_cache(cache: Any) -> bool:
 def layer_lengths(cache: Any) -> list[int]:
     """Tokens held by each layer (they differ after layer-varying compression)."""
     return [layer.get_seq_length() for layer in cache.layers]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profiling (MoA): explicit attention probabilities with gradients
+# ---------------------------------------------------------------------------------------------------------------
+
+ProbabilityHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@contextmanager
+def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterator[None]:
+    """Compute every layer's attention explicitly (float32 probabilities (b, h, n, n), causal) and, during the
+    backward pass, call ``on_gradient(layer, probabilities, d loss / d probabilities)``. For forwards without a
+    cache (:func:`forward_with_grad`). Memory: one (h, n, n) float32 tensor per layer is kept for the backward."""
+
+    def kernel(call: AttentionCall) -> torch.Tensor:
+        positions = call.positions
+        query = call.rotate(call.query, positions).float()
+        key = call.rotate(call.key, positions).float().repeat_interleave(call.groups, dim=1)
+        value = call.value.repeat_interleave(call.groups, dim=1)
+        n = key.shape[2]
+        logits = (query @ key.transpose(-1, -2)) * call.scaling
+        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool, device=logits.device).triu(1), float("-inf"))
+        probabilities = logits.softmax(dim=-1)
+        if probabilities.requires_grad:
+            layer = call.layer
+            probabilities.register_hook(lambda grad: on_gradient(layer, probabilities.detach(), grad))
+        return (probabilities.to(value.dtype) @ value).transpose(1, 2)
+
+    with patched_attention(model, kernel):
+        yield
+
+
+def forward_with_grad(model: Any, input_ids: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
+    """Logits of the last ``logits_to_keep`` positions with autograd recording from the input embeddings on
+    (the weights' own gradients are not computed): for gradient profiling. No cache."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False, logits_to_keep=logits_to_keep)
+            return out.logits
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
