@@ -142,3 +142,20 @@ def test_cli_writes_the_plan(monkeypatch, tmp_path, capsys):
     assert exit_info.value.code == 0
     assert seen == {"keep": 0.25, "targets": (4096, 8192), "lengths": (1024, 2048), "prompts": 4, "sink": 64}
     assert MoAPlan.load(tmp_path / "p.json").betas == [[0.5]]
+
+
+def test_the_recomputing_attention_gives_autograd_gradients_and_probabilities():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 4, requires_grad=True) for _ in range(3))
+    seen = {}
+    out = adapter._ObservedAttention.apply(q, k, v, 0.5, lambda p, g: seen.update(p=p, g=g))
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    probabilities = adapter._causal_probabilities(q2, k2, 0.5)
+    probabilities.retain_grad()
+    ((probabilities @ v2) * weights).sum().backward()
+    torch.testing.assert_close(out, probabilities @ v2)
+    for ours, reference in ((q.grad, q2.grad), (k.grad, k2.grad), (v.grad, v2.grad), (seen["g"], probabilities.grad)):
+        torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(seen["p"], probabilities)

@@ -465,25 +465,52 @@ def layer_lengths(cache: Any) -> list[int]:
 ProbabilityHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
+class _ObservedAttention(torch.autograd.Function):
+    """Causal softmax attention whose backward recomputes the probabilities P (as flash attention does, so no
+    (n, n) tensor is kept between the passes), hands (P, dL/dP) to a hook, then returns the input gradients:
+    dS = P * (dP - rowsum(dP * P)), dq = s dS k, dk = s dS^T q, dv = P^T dO. Shapes (b, h, n, d), float32."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, hook: Any) -> Any:
+        ctx.save_for_backward(query, key, value)
+        ctx.scale, ctx.hook = scale, hook
+        return _causal_probabilities(query, key, scale) @ value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
+        query, key, value = ctx.saved_tensors
+        probabilities = _causal_probabilities(query, key, ctx.scale)
+        grad_probabilities = grad_output @ value.transpose(-1, -2)
+        ctx.hook(probabilities, grad_probabilities)
+        grad_value = probabilities.transpose(-1, -2) @ grad_output
+        grad_scores = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
+        del probabilities, grad_probabilities
+        grad_query = (grad_scores @ key) * ctx.scale
+        grad_key = (grad_scores.transpose(-1, -2) @ query) * ctx.scale
+        return grad_query, grad_key, grad_value, None, None
+
+
+def _causal_probabilities(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    n = key.shape[2]
+    logits = (query @ key.transpose(-1, -2)) * scale
+    future = torch.ones(query.shape[2], n, dtype=torch.bool, device=query.device).triu(n - query.shape[2] + 1)
+    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
 @contextmanager
 def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterator[None]:
-    """Compute every layer's attention explicitly (float32 probabilities (b, h, n, n), causal) and, during the
-    backward pass, call ``on_gradient(layer, probabilities, d loss / d probabilities)``. For forwards without a
-    cache (:func:`forward_with_grad`). Memory: one (h, n, n) float32 tensor per layer is kept for the backward."""
+    """Compute every layer's attention explicitly (float32, causal) and, during the backward pass, call
+    ``on_gradient(layer, probabilities (b, h, n, n), d loss / d probabilities)``. For forwards without a cache
+    (:func:`forward_with_grad`). The probabilities are recomputed in the backward pass, one layer at a time."""
 
     def kernel(call: AttentionCall) -> torch.Tensor:
         positions = call.positions
         query = call.rotate(call.query, positions).float()
         key = call.rotate(call.key, positions).float().repeat_interleave(call.groups, dim=1)
-        value = call.value.repeat_interleave(call.groups, dim=1)
-        n = key.shape[2]
-        logits = (query @ key.transpose(-1, -2)) * call.scaling
-        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool, device=logits.device).triu(1), float("-inf"))
-        probabilities = logits.softmax(dim=-1)
-        if probabilities.requires_grad:
-            layer = call.layer
-            probabilities.register_hook(lambda grad: on_gradient(layer, probabilities.detach(), grad))
-        return (probabilities.to(value.dtype) @ value).transpose(1, 2)
+        value = call.value.float().repeat_interleave(call.groups, dim=1)
+        layer = call.layer
+        output = _ObservedAttention.apply(query, key, value, call.scaling, lambda p, g: on_gradient(layer, p, g))
+        return output.to(call.value.dtype).transpose(1, 2)
 
     with patched_attention(model, kernel):
         yield
