@@ -10,6 +10,9 @@ Stages (each resumable; rerun the script to continue a killed run):
             mode, so every method compresses one shared read of the sample: HFBackend's reuse_prefix).
   kvpress   benchmarks/kvpress_driver.py in kvpress's own venv (built by benchmarks/kvpress_env.py), strategy
             "shared": one read per (instance, mode) whose per-layer hook calls every press's ``compress``.
+  sparse    the attention methods kvpress lacks, on the same instances: moa (a plan profiled on SmolLM2 for a
+            50% cache at 4K and 8K, shipped as moa:plan=smollm2-135m-keep0.5) in both modes, and squeezed
+            (sparsity 0.5) question-agnostic (its setting: a fixed context clustered before the questions).
   timing    prefill seconds, decode tokens/s and peak RSS without any sharing: passkey 8K, 3 instances,
             question-aware, ratio 0.5, every method run on its own (longreach: no reuse; kvpress: ``with press``).
   report    benchmarks/results/kv_cache.json and .md: the side-by-side table, the targets, wall times, provenance.
@@ -66,6 +69,7 @@ PAIRS = [
     ("h2o:compression_ratio={r}", None),
 ]
 UNPAIRED = ["quantized", "quantized:bits=4"]
+SPARSE = {"moa:plan=smollm2-135m-keep0.5": MODES, "squeezed:sparsity=0.5": ("agnostic",)}
 
 
 def longreach_rows(ratios: tuple[float, ...] = RATIOS) -> list[str]:
@@ -111,6 +115,27 @@ def run_longreach(lengths: tuple[int, ...]) -> float:
             question_modes=MODES,
         )
         run_sweep(config, show_progress=True)
+    return time.perf_counter() - started
+
+
+def run_sparse(lengths: tuple[int, ...]) -> float:
+    """MoA and Squeezed Attention (each reads every prompt itself: attention methods change the prefill)."""
+    started = time.perf_counter()
+    for length in lengths:
+        for spec, modes in SPARSE.items():
+            config = SweepConfig(
+                model=MODEL,
+                tasks=TASKS,
+                lengths=(length,),
+                out=ROOT / "sparse",
+                methods=(spec,),
+                depths=DEPTHS,
+                samples=1,
+                dtype=DTYPE,
+                resume=True,
+                question_modes=modes,
+            )
+            run_sweep(config, show_progress=True)
     return time.perf_counter() - started
 
 
@@ -280,7 +305,28 @@ def summarize() -> dict:
                 "kvpress_peak_rss_mb": max((r.get("peak_rss_mb") or 0 for r in peer), default=None) or None,
             }
         )
-    return {"table": table, "timing": timing, "targets": targets(table, timing)}
+    sparse_by = group(our_cells(ROOT / "sparse"), lambda r: (r["method"], r["mode"], r["task"], r["context_length"]))
+    sparse = []
+    for spec, modes in SPARSE.items():
+        spec = parse_stack(spec).repr
+        for mode in modes:
+            for task in TASKS:
+                for length in LENGTHS:
+                    cells = sparse_by.get((spec, mode, task, length), [])
+                    if cells:
+                        sparse.append(_row(spec, None, 0.0, mode, task, length, cells, [], none_bytes))
+    for row in sparse:
+        none = next(
+            (
+                r
+                for r in table
+                if r["method"] == "none"
+                and (r["mode"], r["task"], r["length"]) == (row["mode"], row["task"], row["length"])
+            ),
+            None,
+        )
+        row["none_score"] = none["score"] if none else None
+    return {"table": table, "sparse": sparse, "timing": timing, "targets": targets(table, timing)}
 
 
 def _row(spec, press, ratio, mode, task, length, cells, peer, none_bytes) -> dict:
@@ -407,6 +453,19 @@ def markdown(summary: dict) -> str:
         )
     lines += [
         "",
+        "## Attention methods kvpress does not have (each reads the prompt itself; same instances)",
+        "",
+        "| method | mode | task | length | n | accuracy | none's accuracy | KV MiB | KV / none | decode tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary.get("sparse", []):
+        lines.append(
+            f"| {r['method']} | {r['mode']} | {r['task']} | {r['length'] // 1024}K | {r['n']} | {f(r['score'])} "
+            f"| {f(r['none_score'])} | {f(r['kv_mib'], 1)} | {f(r['kv_fraction_of_none'], 3)} "
+            f"| {f(r['decode_tok_s'], 1)} |"
+        )
+    lines += [
+        "",
         "## Timing without sharing (passkey 8K, question-aware, ratio 0.5, medians over the instances)",
         "",
         "| method | kvpress press | n | longreach prefill s | kvpress prefill s | longreach decode tok/s "
@@ -450,6 +509,8 @@ def main() -> None:
             instances = driver_instances((length,), None, TASKS)
             seconds = run_kvpress(instances, kvpress_rows(), MODES, "shared", ROOT / "kvpress" / "accuracy.jsonl")
             record("kvpress", seconds)
+    if "sparse" in stages:
+        record("sparse", run_sparse(lengths))
     if "timing" in stages:
         seconds = run_timing()
         record("timing (longreach)", seconds["longreach_seconds"])
