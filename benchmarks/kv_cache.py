@@ -307,8 +307,7 @@ def summarize() -> dict:
         )
     sparse_by = group(our_cells(ROOT / "sparse"), lambda r: (r["method"], r["mode"], r["task"], r["context_length"]))
     sparse = []
-    for spec, modes in SPARSE.items():
-        spec = parse_stack(spec).repr
+    for spec, modes in SPARSE.items():  # written in canonical form (parsing moa needs its plan file)
         for mode in modes:
             for task in TASKS:
                 for length in LENGTHS:
@@ -440,17 +439,41 @@ def markdown(summary: dict) -> str:
         "unshared comparison). Question-aware: the question is read before compression; question-agnostic: "
         "the context is compressed first.",
         "",
-        "| method | kvpress press | mode | task | length | n | longreach acc | kvpress acc | longreach KV MiB "
-        "| kvpress KV MiB | KV / none | longreach decode tok/s | kvpress decode tok/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Accuracy as longreach / kvpress (n instances per cell; kvpress: `fails` when its run raised). "
+        "KV MiB and decode tok/s as longreach / kvpress. KV / none: our compressed bytes over the uncompressed "
+        "cache of the same instance and mode (median).",
+        "",
     ]
-    for r in summary["table"]:
-        peer = f(r["kvpress_score"]) if r["kvpress_n"] else ("fails" if r["kvpress_errors"] else "")
-        lines.append(
-            f"| {r['method']} | {r['press'] or '-'} | {r['mode']} | {r['task']} | {r['length'] // 1024}K | {r['n']} "
-            f"| {f(r['score'])} | {peer} | {f(r['kv_mib'], 1)} | {f(r['kvpress_kv_mib'], 1)} "
-            f"| {f(r['kv_fraction_of_none'], 3)} | {f(r['decode_tok_s'], 1)} | {f(r['kvpress_decode_tok_s'], 1)} |"
-        )
+    header = (
+        "| method | kvpress press | mode | length | niah_multikey_1 acc | passkey acc | KV MiB | KV / none "
+        "| decode tok/s |"
+    )
+    for length in LENGTHS:
+        lines += [f"### {length // 1024}K tokens", "", header, "|---|---|---|---|---|---|---|---|---|"]
+        rows = [r for r in summary["table"] if r["length"] == length]
+        keys = list(dict.fromkeys((r["method"], r["press"], r["mode"]) for r in rows))
+        for method, press, mode in keys:
+            cells = {r["task"]: r for r in rows if (r["method"], r["press"], r["mode"]) == (method, press, mode)}
+            if not any(c["n"] for c in cells.values()):
+                continue
+
+            def pair(cell: dict, key: str, digits: int = 2) -> str:
+                ours = f(cell[key], digits) if cell["n"] else "-"
+                if not cell["press"]:
+                    return ours
+                theirs = f(cell[f"kvpress_{key}"], digits) if cell["kvpress_n"] else "-"
+                if key == "score" and cell["kvpress_errors"]:
+                    theirs = "fails"
+                return f"{ours} / {theirs}"
+
+            accuracy = [pair(cells[t], "score") + f" (n={cells[t]['n']})" for t in TASKS]
+            first = cells[TASKS[0]]
+            lines.append(
+                f"| {method} | {press or '-'} | {mode} | {length // 1024}K | {' | '.join(accuracy)} "
+                f"| {pair(first, 'kv_mib', 1)} | {f(first['kv_fraction_of_none'], 3)} "
+                f"| {pair(first, 'decode_tok_s', 1)} |"
+            )
+        lines.append("")
     lines += [
         "",
         "## Attention methods kvpress does not have (each reads the prompt itself; same instances)",
