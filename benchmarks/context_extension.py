@@ -149,7 +149,8 @@ def main() -> None:
     if "passkey32" in stages:
         run = sweep("passkey32", ("passkey",), (LENGTHS["passkey32"],), survivors, DEPTHS, 1)
         summary["stages"]["passkey32"] = {
-            "seconds": run["seconds"], "scores": as_table(scores(run["report"])),
+            "seconds": run["seconds"],
+            "scores": as_table(scores(run["report"])),
             "pruned": {canonical(r): passkey16.get(canonical(r)) for r in ROWS if r not in survivors},
         }
         write(summary)

@@ -31,8 +31,9 @@ DEPTHS = tuple(round(i / 9, 4) for i in range(10))
 READER = "infiniretri"
 FIRST = (DEPTHS[0], DEPTHS[4], DEPTHS[9])  # three depths at every length before the other seven
 STAGES = {
-    "passkey3": dict(tasks=("passkey",), lengths=(16384, 32768, 65536, 131072), methods=(READER,), depths=FIRST,
-                     out="passkey"),
+    "passkey3": dict(
+        tasks=("passkey",), lengths=(16384, 32768, 65536, 131072), methods=(READER,), depths=FIRST, out="passkey"
+    ),
     "passkey": dict(tasks=("passkey",), lengths=(16384, 32768, 65536, 131072), methods=(READER,), depths=DEPTHS),
     "others": dict(
         tasks=("passkey",), lengths=(16384, 32768), methods=("longheads", "landmark"), depths=(0.1, 0.5, 0.9)

@@ -109,3 +109,9 @@ def test_sentence_split_keeps_every_character():
 def test_readers_refuse_attention_methods():
     with pytest.raises(LongreachError, match="longheads cannot be stacked with selfextend: both replace"):
         parse_stack("longheads+selfextend")
+
+
+@pytest.mark.parametrize("reader", ["infiniretri", "longheads", "landmark"])
+def test_readers_refuse_cache_methods(reader):
+    with pytest.raises(LongreachError, match=f"{reader} cannot be stacked with snapkv: a reader decides"):
+        parse_stack(f"{reader}+snapkv:compression_ratio=0.5")

@@ -74,6 +74,12 @@ def eval_command(
     executor: str = typer.Option("local", "--executor", help="local | ray"),
     ray_address: str = typer.Option("", "--ray-address", help="ray: an existing cluster (default: a local one)"),
     workers: int = typer.Option(0, "--workers", help="ray: actors, each loading the model once (0: one per CPU)"),
+    question_mode: str = typer.Option(
+        "aware",
+        "--question-mode",
+        help="aware (a cache method compresses after reading the question) and/or agnostic (the context is "
+        "compressed first, then the question is read), comma-separated",
+    ),
 ) -> int:
     """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
     config = SweepConfig(
@@ -99,6 +105,7 @@ def eval_command(
         executor=executor,
         ray_address=ray_address,
         workers=workers,
+        question_modes=tuple(m.strip() for m in question_mode.split(",")),
     )
     try:
         summary = run_sweep(config, show_progress=not quiet)
@@ -185,6 +192,31 @@ def compress_weights_command(
         f"({summary.ratio:.3f} of the size) in {summary.seconds:.1f} s"
     )
     out.print(f"load it with `--model {out_dir}` or load_model({str(out_dir)!r}); outputs are bit-identical")
+    return 0
+
+
+@app.command("moa-plan")
+def moa_plan_command(
+    model: str = MODEL,
+    out_file: Path = typer.Option(..., "--out", help="the plan JSON to write (use it as moa:plan=FILE)"),
+    keep: float = typer.Option(0.5, "--keep", help="mean fraction of the KV cache kept at the target lengths"),
+    targets: str = typer.Option("4k,8k", "--targets", help="lengths the plan must fit the budget at"),
+    lengths: str = typer.Option("1k,2k", "--lengths", help="calibration prompt lengths for the gradient profile"),
+    prompts: int = typer.Option(4, "--prompts", min=1, help="calibration prompts per length"),
+    sink: int = typer.Option(64, "--sink", min=0, help="global sink tokens every head keeps"),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
+    seed: int = SEED,
+) -> int:
+    """Profile a model's attention heads (gradients) and search MoA per-head elastic windows for a cache budget."""
+    from longreach.methods.attention.moa_profile import make_plan
+
+    plan = make_plan(
+        load_model(model, dtype), keep, parse_lengths(targets), parse_lengths(lengths), prompts, sink, seed
+    )
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    plan.save(out_file)
+    kept = ", ".join(f"{length}: {fraction:.3f}" for length, fraction in plan.meta["kept_fraction"].items())
+    out.print(f"plan written to {out_file} (cache kept at {kept}); use --method moa:plan={out_file}")
     return 0
 
 

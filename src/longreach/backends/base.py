@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from longreach.methods import MethodStack
+
+QuestionMode = Literal["aware", "agnostic"]
+QUESTION_MODES: tuple[QuestionMode, ...] = ("aware", "agnostic")
 
 
 @dataclass(frozen=True)
 class Request:
-    """One greedy generation: continue ``prompt`` for at most ``max_new_tokens``, stopping at ``stop``."""
+    """One greedy generation: continue ``prompt`` for at most ``max_new_tokens``, stopping at ``stop``.
+
+    ``question_offset`` is the character offset where the question begins in ``prompt`` (the context is
+    ``prompt[:question_offset]``). ``mode`` says when a cache method compresses: ``aware`` after the whole
+    prompt but its last token is read (the question is seen), ``agnostic`` after the context alone (the
+    compressed context then serves any question). Without a cache method both read the same tokens.
+    """
 
     prompt: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     question_offset: int | None = None  # where the question starts in ``prompt`` (None: not split)
+    mode: QuestionMode = "aware"
 
     @property
     def context(self) -> str:
@@ -38,6 +48,11 @@ class Generation:
     peak_rss_mb: float
     kv_cache_bytes: int
     reused_tokens: int = 0  # prompt tokens taken from a previous request's cache instead of recomputed
+    decode_seconds: float = 0.0  # the single-token steps after the first new token
+    decode_steps: int = 0  # how many single-token forwards those were
+    # cache bytes once a cache method has compressed what it compresses (question-aware: the prompt but its last
+    # token; question-agnostic: the context); without a cache method, once the prompt (aware) or context is read
+    compressed_kv_bytes: int = 0
 
 
 class Backend(Protocol):

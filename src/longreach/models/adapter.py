@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -94,7 +94,17 @@ def forward(
     ``start`` is the absolute position of ``input_ids[:, 0]``; passing it explicitly keeps positions right
     when a cache method has evicted tokens (the cache length is then shorter than the sequence).
     transformers 5.24 names the cache argument and output ``cache`` (``past_key_values`` before).
+
+    When the layers of ``cache`` hold different numbers of tokens (layer-varying compression), a multi-token
+    input is read one token at a time: transformers builds one causal mask from layer 0's length, which would
+    be wrong for the other layers, while single-token steps need no mask.
     """
+    if cache is not None and input_ids.shape[1] > 1 and len(set(layer_lengths(cache))) > 1:
+        logits = []
+        for offset in range(input_ids.shape[1]):
+            step, cache = forward(model, input_ids[:, offset : offset + 1], cache, start + offset, 1)
+            logits.append(step)
+        return torch.cat(logits, dim=1)[:, -logits_to_keep:], cache
     positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
     return out.logits, out.cache
@@ -372,7 +382,7 @@ def merge_attention(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Ten
     return (merged / total[..., None]).to(parts[0][0].dtype)
 
 
-def new_cache(model: Any) -> Any:
+def empty_cache(model: Any) -> Any:
     """An empty transformers KV cache for ``model`` (DynamicCache)."""
     from transformers import DynamicCache
 
@@ -388,3 +398,188 @@ def causal_lm_from_state_dict(config: Any, state_dict: dict[str, torch.Tensor], 
 
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     return model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cache methods
+#
+# Cache methods observe each layer's attention input during a prefill (a forward hook, so they compose with
+# attention methods that replace the forward) and then rewrite that layer's cache tensors in place. Shapes:
+# hidden (b, t, hidden), queries (b, heads, t, d) after RoPE, cached keys/values (b, kv_heads, n, d) after RoPE.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerInput:
+    """What one attention layer read during a forward: its module, the hidden states entering attention
+    (b, t, hidden) and the RoPE cos/sin (b, t, d) of those t tokens."""
+
+    module: torch.nn.Module
+    layer: int
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    memo: dict[str, Any] = field(default_factory=dict)  # scores derived from this read, shared by methods
+
+    def queries(self, last: int | None = None) -> torch.Tensor:
+        """Rotated queries (b, heads, t', d) of the last ``last`` tokens (all when None), as attention saw them."""
+        hidden, cos, sin = self.hidden, self.cos, self.sin
+        if last is not None:
+            hidden, cos, sin = hidden[:, -last:], cos[:, -last:], sin[:, -last:]
+        shape = (*hidden.shape[:2], -1, self.module.head_dim)
+        query = self.module.q_proj(hidden).view(shape).transpose(1, 2)
+        if hasattr(self.module, "q_norm"):
+            query = self.module.q_norm(query)
+        return apply_rope(query, cos, sin)
+
+
+LayerHook = Callable[[LayerInput, Any], None]
+
+
+@contextmanager
+def after_attention(model: Any, hook: LayerHook) -> Iterator[None]:
+    """Call ``hook(layer_input, cache)`` after every layer's attention (its cache already holds the new keys).
+    Uses forward hooks, so it composes with :func:`patched_attention`. Removed on exit."""
+    modules = attention_modules(model)
+
+    def make_hook(module: torch.nn.Module) -> Callable[..., None]:
+        def run(mod: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = kwargs["position_embeddings"]
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            hook(LayerInput(module, module.layer_idx, hidden, cos, sin), cache)
+
+        return run
+
+    handles = [module.register_forward_hook(make_hook(module), with_kwargs=True) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_kv(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached keys and values (b, kv_heads, n, d) of one layer of a DynamicCache."""
+    entry = cache.layers[layer]
+    return entry.keys, entry.values
+
+
+def set_layer_kv(cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Replace one layer's cached keys and values (the old storages are freed when nothing else holds them)."""
+    entry = cache.layers[layer]
+    entry.keys, entry.values = keys, values
+
+
+def set_layer(cache: Any, layer: int, replacement: Any) -> None:
+    """Replace a cache's layer object (a cache method's own layer class) in place."""
+    cache.layers[layer] = replacement
+
+
+def new_cache(layers: list[Any]) -> Any:
+    """A transformers cache made of the given layer objects (subclasses of transformers' ``DynamicLayer``)."""
+    from transformers.cache_utils import Cache
+
+    return Cache(layers=layers)
+
+
+def dynamic_layer_class() -> type:
+    """transformers' ``DynamicLayer``: the base of the cache layers that cache methods define."""
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+def clone_cache(cache: Any) -> Any:
+    """An independent copy of a plain DynamicCache (every tensor copied)."""
+    return copy.deepcopy(cache)
+
+
+def is_plain_cache(cache: Any) -> bool:
+    """True for a DynamicCache of DynamicLayers with one length in every layer: the cache of a prefix,
+    which a longer prompt can continue (prefix reuse)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if type(cache) is not DynamicCache or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return False
+    return len({layer.get_seq_length() for layer in cache.layers}) <= 1
+
+
+def layer_lengths(cache: Any) -> list[int]:
+    """Tokens held by each layer (they differ after layer-varying compression)."""
+    return [layer.get_seq_length() for layer in cache.layers]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profiling (MoA): explicit attention probabilities with gradients
+# ---------------------------------------------------------------------------------------------------------------
+
+ProbabilityHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+class _ObservedAttention(torch.autograd.Function):
+    """Causal softmax attention whose backward recomputes the probabilities P (as flash attention does, so no
+    (n, n) tensor is kept between the passes), hands (P, dL/dP) to a hook, then returns the input gradients:
+    dS = P * (dP - rowsum(dP * P)), dq = s dS k, dk = s dS^T q, dv = P^T dO. Shapes (b, h, n, d), float32."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, hook: Any) -> Any:
+        ctx.save_for_backward(query, key, value)
+        ctx.scale, ctx.hook = scale, hook
+        return _causal_probabilities(query, key, scale) @ value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
+        query, key, value = ctx.saved_tensors
+        probabilities = _causal_probabilities(query, key, ctx.scale)
+        grad_probabilities = grad_output @ value.transpose(-1, -2)
+        ctx.hook(probabilities, grad_probabilities)
+        grad_value = probabilities.transpose(-1, -2) @ grad_output
+        grad_scores = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
+        del probabilities, grad_probabilities
+        grad_query = (grad_scores @ key) * ctx.scale
+        grad_key = (grad_scores.transpose(-1, -2) @ query) * ctx.scale
+        return grad_query, grad_key, grad_value, None, None
+
+
+def _causal_probabilities(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    n = key.shape[2]
+    logits = (query @ key.transpose(-1, -2)) * scale
+    future = torch.ones(query.shape[2], n, dtype=torch.bool, device=query.device).triu(n - query.shape[2] + 1)
+    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+@contextmanager
+def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterator[None]:
+    """Compute every layer's attention explicitly (float32, causal) and, during the backward pass, call
+    ``on_gradient(layer, probabilities (b, h, n, n), d loss / d probabilities)``. For forwards without a cache
+    (:func:`forward_with_grad`). The probabilities are recomputed in the backward pass, one layer at a time."""
+
+    def kernel(call: AttentionCall) -> torch.Tensor:
+        positions = call.positions
+        query = call.rotate(call.query, positions).float()
+        key = call.rotate(call.key, positions).float().repeat_interleave(call.groups, dim=1)
+        value = call.value.float().repeat_interleave(call.groups, dim=1)
+        layer = call.layer
+        output = _ObservedAttention.apply(query, key, value, call.scaling, lambda p, g: on_gradient(layer, p, g))
+        return output.to(call.value.dtype).transpose(1, 2)
+
+    with patched_attention(model, kernel):
+        yield
+
+
+def forward_with_grad(model: Any, input_ids: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
+    """Logits of the last ``logits_to_keep`` positions with autograd recording from the input embeddings on
+    (the weights' own gradients are not computed): for gradient profiling. No cache."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False, logits_to_keep=logits_to_keep)
+            return out.logits
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)

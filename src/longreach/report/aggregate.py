@@ -26,6 +26,12 @@ class Point:
     random_baseline: float | None = None  # mean expected score of a guess, from the samples' meta
 
 
+def method_label(row: dict[str, Any]) -> str:
+    """How a cell's method reads in reports: its spec, marked when the question came after compression."""
+    mode = row.get("mode", "aware")
+    return row["method"] if mode == "aware" else f"{row['method']} [question-{mode}]"
+
+
 def _point(rows: list[dict[str, Any]]) -> Point:
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rows)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.report import plots
-from longreach.report.aggregate import Point, by_depth, by_length, effective_length
+from longreach.report.aggregate import Point, by_depth, by_length, effective_length, method_label
 from longreach.runner.store import ResultsStore
 
 SCHEMA_VERSION = 1
@@ -25,6 +25,7 @@ _CELL_FIELDS = (
     "context_length",
     "depth",
     "index",
+    "mode",
     "score",
     "seconds",
     "prefill_seconds",
@@ -51,7 +52,7 @@ def render_report(folder: Path, threshold: float | None = None) -> Path:
     folder = Path(folder)
     with ResultsStore.existing(folder) as store:
         meta = store.meta()
-        rows = store.rows()
+        rows = [{**row, "method": method_label(row)} for row in store.rows()]
     threshold = threshold if threshold is not None else meta.get("threshold", 0.85)
     provenance = meta.get("provenance", {})
     native = provenance.get("native_context_length")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from longreach.backends.base import QUESTION_MODES
 from longreach.errors import LongreachError
 from longreach.methods import MethodStack, parse_stack
 from longreach.models import DTYPES
@@ -72,6 +73,7 @@ class SweepConfig:
     executor: str = "local"  # local | ray
     ray_address: str = ""  # ray: an existing cluster (default: start a local one)
     workers: int = 0  # ray: actors (0: one per CPU of the cluster)
+    question_modes: tuple[str, ...] = ("aware",)  # aware | agnostic: question read before / after compression
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class Plan:
             raise LongreachError("give at least one length, e.g. --lengths 1k,2k")
         if config.dtype not in DTYPES:
             raise LongreachError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+        bad = [m for m in config.question_modes if m not in QUESTION_MODES]
+        if bad or not config.question_modes:
+            raise LongreachError(f"question mode(s) {bad or '(none)'}: valid: {', '.join(QUESTION_MODES)}")
         if not 0.0 < config.threshold <= 1.0:
             raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
         if config.backend not in ("hf", "openai"):
@@ -109,16 +114,17 @@ class Plan:
         return cls(tasks=tasks, stacks=stacks, config=config)
 
     def cells(self) -> list[Cell]:
-        """Every cell, grouped by method, then task, length, depth and sample index; with ``interleave``,
-        grouped by task, length and sample, every method back to back (so drift hits all methods alike)."""
+        """Every cell, grouped by method, then task, length, depth and sample index (and question mode); with
+        ``interleave``, grouped by task, length, sample and mode, every method back to back (so drift hits all
+        methods alike, and methods compressing the same read can share it: see HFBackend's reuse_prefix)."""
         c = self.config
         cells = []
         for stack, parsed in itertools.product(self.stacks, self.tasks):
             depths: tuple[float | None, ...] = c.depths if parsed.task.uses_depth else (None,)
             available = parsed.task.num_instances()
             samples = c.samples if available is None else min(c.samples, available)
-            for length, depth, index in itertools.product(c.lengths, depths, range(samples)):
-                cells.append(Cell(parsed.spec, stack.repr, length, depth, index))
+            for length, depth, index, mode in itertools.product(c.lengths, depths, range(samples), c.question_modes):
+                cells.append(Cell(parsed.spec, stack.repr, length, depth, index, mode))
         if c.interleave:
             position = {stack.repr: i for i, stack in enumerate(self.stacks)}
             order = {parsed.spec: i for i, parsed in enumerate(self.tasks)}
@@ -128,6 +134,7 @@ class Plan:
                     cell.context_length,
                     cell.index,
                     cell.depth or 0.0,
+                    c.question_modes.index(cell.mode),
                     position[cell.method],
                 )
             )

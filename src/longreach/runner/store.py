@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS cells (
     context_length INTEGER NOT NULL,
     depth REAL,
     idx INTEGER NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'aware',
     status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
     score REAL,
     seconds REAL,
@@ -45,18 +46,21 @@ CREATE TABLE IF NOT EXISTS cells (
 
 @dataclass(frozen=True, order=True)
 class Cell:
-    """The coordinates of one measurement. ``depth`` is None for tasks without depth (jsonl)."""
+    """The coordinates of one measurement. ``depth`` is None for tasks without depth (jsonl). ``mode`` is the
+    question mode (``aware``: the question is read before a cache method compresses; ``agnostic``: after)."""
 
     task: str
     method: str
     context_length: int
     depth: float | None
     index: int
+    mode: str = "aware"
 
     @property
     def key(self) -> str:
         depth = "-" if self.depth is None else repr(self.depth)
-        return f"{self.task}|{self.method}|{self.context_length}|{depth}|{self.index}"
+        mode = "" if self.mode == "aware" else f"|{self.mode}"  # aware keys stay as stores before modes had them
+        return f"{self.task}|{self.method}|{self.context_length}|{depth}|{self.index}{mode}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class ResultsStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(cells)")}
+        if "mode" not in columns:  # a store written before question modes existed: all its cells were aware
+            self._db.execute("ALTER TABLE cells ADD COLUMN mode TEXT NOT NULL DEFAULT 'aware'")
 
     @classmethod
     def existing(cls, folder: Path) -> ResultsStore:
@@ -131,6 +138,7 @@ class ResultsStore:
             "context_length": cell.context_length,
             "depth": cell.depth,
             "idx": cell.index,
+            "mode": cell.mode,
         }
         row.update({f.name: getattr(result, f.name) for f in fields(result) if f.name != "cell"})
         row["answers"] = json.dumps(row["answers"])
@@ -144,7 +152,7 @@ class ResultsStore:
     def rows(self) -> list[dict[str, Any]]:
         """Every stored cell as a dict (answers and meta decoded), in coordinate order."""
         rows = []
-        for row in self._db.execute("SELECT * FROM cells ORDER BY task, method, context_length, depth, idx"):
+        for row in self._db.execute("SELECT * FROM cells ORDER BY task, method, mode, context_length, depth, idx"):
             item = dict(row)
             item["index"] = item.pop("idx")
             item["answers"] = json.loads(item["answers"])

@@ -251,6 +251,7 @@ def _record(results: Iterator[CellResult], todo: list[Cell], store: ResultsStore
         for done, result in enumerate(results, start=1):
             cell = result.cell
             depth = "-" if cell.depth is None else f"{cell.depth:g}"
+            mode = "" if cell.mode == "aware" else f" ({cell.mode})"
             store.record(result)
             if result.status == "error":
                 failed += 1
@@ -259,7 +260,7 @@ def _record(results: Iterator[CellResult], todo: list[Cell], store: ResultsStore
                 bar,
                 advance=_cost(cell),
                 done=done,
-                description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]",
+                description=f"{cell.task} {cell.context_length} d={depth} #{cell.index} [{cell.method}]{mode}",
             )
     return failed
 
@@ -268,7 +269,9 @@ def run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) ->
     """Generate the cell's sample, run it, score it. A server that cannot be reached stops the sweep."""
     try:
         sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index)
-        request = Request(sample.prompt, sample.max_new_tokens, sample.stop, question_offset=len(sample.context))
+        request = Request(
+            sample.prompt, sample.max_new_tokens, sample.stop, question_offset=len(sample.context), mode=cell.mode
+        )
         generation = backend.generate([request], stack)[0]
         score = task.score(sample, generation.text)
     except BackendUnavailable as exc:
@@ -281,6 +284,9 @@ def run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) ->
     meta["reused_tokens"] = generation.reused_tokens
     if generation.prompt_tokens and generation.prompt_tokens != sample.meta["realized_tokens"]:
         meta["generated_tokens_mismatch"] = sample.meta["realized_tokens"]  # e.g. a server's chat template
+    meta["decode_seconds"] = generation.decode_seconds
+    meta["decode_steps"] = generation.decode_steps
+    meta["compressed_kv_bytes"] = generation.compressed_kv_bytes
     return CellResult(
         cell,
         "ok",

@@ -21,6 +21,14 @@ class ReaderMethod(Method):
     kind: ClassVar[Kind] = "reader"
     bounded_memory: ClassVar[bool] = False  # True: memory and positions stay bounded at any input length
 
+    def conflict_with(self, other: Method) -> str | None:
+        if other.kind == "cache":
+            return (
+                "a reader decides itself what its cache keeps; cache methods compress a single read of the "
+                "prompt and do not run inside a reader's chunks"
+            )
+        return None
+
     def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
         """Answer ``request`` (whose ``question_offset`` splits context and question) under ``inner``."""
         raise NotImplementedError

@@ -195,7 +195,7 @@ def read_with_blocks(
     if len(prompt_ids) <= retrieval.slots * retrieval.block:
         return backend.complete(prompt_ids, request, inner)[0]
     model = backend.loaded.model
-    cache = adapter.new_cache(model)
+    cache = adapter.empty_cache(model)
     start_time = time.perf_counter()
     with adapter.patched_attention(model, retrieval.kernel):
         with torch.inference_mode(), inner.applied(backend.loaded):

@@ -37,7 +37,7 @@ class Landmark(ReaderMethod):
         require(self.segment % self.block == 0, f"landmark: segment must be a multiple of block ({self.block})")
 
     def conflict_with(self, other: Method) -> str | None:
-        return "both replace the attention kernel" if other.kind == "attention" else None
+        return "both replace the attention kernel" if other.kind == "attention" else super().conflict_with(other)
 
     def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
         retrieval = BlockRetrieval(self.block, self.blocks, "mean")

@@ -39,7 +39,7 @@ class LongHeads(ReaderMethod):
         require(self.segment % self.chunk == 0, f"longheads: segment must be a multiple of chunk ({self.chunk})")
 
     def conflict_with(self, other: Method) -> str | None:
-        return "both replace the attention kernel" if other.kind == "attention" else None
+        return "both replace the attention kernel" if other.kind == "attention" else super().conflict_with(other)
 
     def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
         retrieval = BlockRetrieval(self.chunk, self.chunks, "pooled")

@@ -1,0 +1,187 @@
+"""Make a MoA plan for a model: gradient profiling of attention influence, then a search over elastic windows.
+
+Ein legend: h query heads, k KV heads, g = h / k, n tokens, delta = i - j (query minus key position).
+
+Profiling (MoA section 4, "attention influence"): the calibration prompts are the model's own retrieval tasks
+(passkey and multi-key needles) answered by the model itself (greedy: MoA's "model alignment"); the loss is the
+answer's negative log-likelihood. With explicit attention probabilities A (float32) and G = dL/dA, masking entry
+(i, j) and renormalising row i changes the loss by, to first order,
+
+    effect_ij = -A_ij (G_ij - sum_m A_im G_im) / (1 - A_ij)
+
+We sum |effect| per KV head over its query heads and over the prompts, by distance delta = i - j for keys past the
+sinks: D[length][layer, head, delta]. A window W masks every pair with delta >= W, so its loss is the tail sum of D.
+
+Search: candidate rules ``W(N) = alpha + beta N`` (MoA's elastic spans). Each (layer, KV head) independently
+minimises ``loss(rule) + lam * size(rule)`` (summed over the profiled lengths; size = the cache fraction the rule
+keeps at the target lengths); ``lam`` is bisected until the mean kept fraction meets the budget at every target
+length (a Lagrangian greedy search: no MILP solver needed).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from longreach import tokens
+from longreach.methods.attention.moa import MoAPlan
+from longreach.models import LoadedModel, adapter
+from longreach.params import require
+from longreach.tasks import parse_task
+
+ALPHAS = (-1024, -512, -256, 0, 128, 256, 512, 1024)
+BETAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """distance[length] (layers, kv heads, length): summed |effect| of the pairs at each distance (past the sinks)."""
+
+    distance: dict[int, torch.Tensor]
+    sink: int
+    prompts: int
+
+
+def calibration_prompts(loaded: LoadedModel, length: int, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) pairs: retrieval prompts of ``length`` tokens answered greedily by the model."""
+    from longreach.backends import HFBackend, Request
+    from longreach.methods import parse_stack
+
+    backend = HFBackend(loaded)
+    pairs = []
+    for index in range(count):
+        task = parse_task("passkey" if index % 2 == 0 else "niah_multikey_1").task
+        sample = task.generate(loaded.tokenizer, length, (index + 0.5) / count, seed, index)
+        answer = backend.generate([Request(sample.prompt, 12, sample.stop)], parse_stack("none"))[0].text
+        prompt_ids = tokens.encode(loaded.tokenizer, sample.prompt)
+        answer_ids = tokens.encode(loaded.tokenizer, sample.prompt + answer)[len(prompt_ids) :]
+        if answer_ids:
+            pairs.append((prompt_ids, answer_ids))
+    return pairs
+
+
+def influence_by_distance(probabilities: torch.Tensor, grad: torch.Tensor, kv_heads: int, sink: int) -> torch.Tensor:
+    """|effect| of masking each causal pair, summed per KV head by distance i - j over keys j >= sink: (k, n).
+    probabilities, grad: (1, h, n, n)."""
+    n = probabilities.shape[-1]
+    row_term = (probabilities * grad).sum(dim=-1, keepdim=True)
+    effect = (probabilities * (grad - row_term) / (1 - probabilities).clamp_min(1e-6)).abs()[0]
+    effect = effect.reshape(kv_heads, -1, n, n).sum(dim=1)  # (k, n, n)
+    delta = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    counted = (delta >= 0) & (torch.arange(n)[None, :] >= sink)
+    out = torch.zeros(kv_heads, n)
+    for head in range(kv_heads):
+        out[head].index_add_(0, delta[counted], effect[head][counted].float())
+    return out
+
+
+def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int, seed: int = 0) -> Profile:
+    """Attention influence by distance, per layer and KV head, at each calibration length."""
+    modules = adapter.attention_modules(loaded.model)
+    kv_heads = modules[0].config.num_key_value_heads
+    result = {}
+    for length in lengths:
+        total = torch.zeros(len(modules), kv_heads, length + 16)
+
+        def accumulate(layer: int, probs: torch.Tensor, grad: torch.Tensor, total: torch.Tensor = total) -> None:
+            by_distance = influence_by_distance(probs, grad, kv_heads, sink)
+            total[layer, :, : by_distance.shape[1]] += by_distance
+
+        for prompt_ids, answer_ids in calibration_prompts(loaded, length, count, seed):
+            ids = torch.tensor([prompt_ids + answer_ids])
+            with adapter.attention_probabilities(loaded.model, accumulate):
+                logits = adapter.forward_with_grad(loaded.model, ids, logits_to_keep=len(answer_ids) + 1)
+                loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, -len(answer_ids) :])
+                loss.backward()
+        result[length] = total
+    return Profile(result, sink, count)
+
+
+def cached_profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int, seed: int = 0) -> Profile:
+    """:func:`profile`, remembered on disk per (model source, dtype, lengths, prompts, sink, seed)."""
+    from longreach.models.loading import cache_dir
+
+    text = f"{loaded.source}|{loaded.dtype}|{lengths}|{count}|{sink}|{seed}|v1"
+    path = cache_dir() / "moa" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        stored = torch.load(path)
+        return Profile(stored["distance"], stored["sink"], stored["prompts"])
+    result = profile(loaded, lengths, count, sink, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"distance": result.distance, "sink": result.sink, "prompts": result.prompts}, path)
+    return result
+
+
+def candidate_windows(length: int) -> torch.Tensor:
+    """(rules, ) windows of every (alpha, beta) candidate at input length ``length``, clamped to [1, length]."""
+    return torch.tensor([max(1, min(length, round(a + b * length))) for a in ALPHAS for b in BETAS])
+
+
+def make_plan(
+    loaded: LoadedModel,
+    keep: float,
+    targets: tuple[int, ...],
+    lengths: tuple[int, ...] = (1024, 2048),
+    count: int = 4,
+    sink: int = 64,
+    seed: int = 0,
+    profiled: Profile | None = None,
+) -> MoAPlan:
+    """Profile ``loaded`` at ``lengths`` (``count`` prompts each) and choose one rule per (layer, KV head) so the
+    cache keeps at most ``keep`` of its tokens on average at every length in ``targets``."""
+    require(0.0 < keep <= 1.0, f"moa plan: keep must be in (0, 1]; got {keep}")
+    require(bool(targets), "moa plan: give at least one target length")
+    profiled = profiled or cached_profile(loaded, lengths, count, sink, seed)
+    first = next(iter(profiled.distance.values()))
+    layers, kv_heads = first.shape[:2]
+    rules = [(a, b) for a in ALPHAS for b in BETAS]
+    loss = torch.zeros(layers, kv_heads, len(rules))
+    for length, distance in profiled.distance.items():
+        tail = distance.flip(-1).cumsum(-1).flip(-1)  # tail[..., w] = sum of distances >= w
+        windows = candidate_windows(length).clamp(max=tail.shape[-1] - 1)
+        scale = distance.sum().clamp_min(1e-12)
+        loss += tail[..., windows] / scale
+    size = torch.zeros(len(rules))
+    for length in targets:
+        size += torch.tensor([min(length, sink + w - 1) / length for w in candidate_windows(length).tolist()])
+    size /= len(targets)
+
+    def choose(lam: float) -> torch.Tensor:
+        return (loss + lam * size).argmin(dim=-1)  # (layers, kv heads) rule index
+
+    def kept(choice: torch.Tensor) -> float:
+        plan = _plan(choice, rules, sink)
+        return max(plan.kept_fraction(length) for length in targets)
+
+    low, high = 0.0, 1.0
+    while kept(choose(high)) > keep and high < 1e6:
+        high *= 2
+    if kept(choose(high)) > keep:
+        raise ValueError(f"moa plan: no candidate rules keep <= {keep} of the cache at {targets}")
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (low, mid) if kept(choose(mid)) <= keep else (mid, high)
+    choice = choose(high)
+    plan = _plan(choice, rules, sink)
+    chosen_loss = loss.gather(-1, choice.unsqueeze(-1)).sum().item()
+    meta = {
+        "model": loaded.name,
+        "keep": keep,
+        "targets": list(targets),
+        "profile_lengths": list(profiled.distance),
+        "prompts_per_length": profiled.prompts,
+        "kept_fraction": {str(t): round(plan.kept_fraction(t), 4) for t in targets},
+        "predicted_loss": chosen_loss,
+        "search": "lagrangian greedy per KV head over alpha x beta rules",
+        "created_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return MoAPlan(plan.alphas, plan.betas, sink, meta)
+
+
+def _plan(choice: torch.Tensor, rules: list[tuple[int, float]], sink: int) -> MoAPlan:
+    alphas = [[float(rules[int(c)][0]) for c in row] for row in choice]
+    betas = [[float(rules[int(c)][1]) for c in row] for row in choice]
+    return MoAPlan(alphas, betas, sink)

@@ -1,0 +1,163 @@
+"""Cache methods: shrink the KV cache once a prefill is read (kvpress's "presses", under our method spec).
+
+Ein legend: b batch (1), h query heads, k KV heads, g = h / k query heads per KV head, n tokens in a layer's
+cache, w observation window, d head dim. Cached keys are post-RoPE (b, k, n, d); values (b, k, n, d).
+
+How a cache method runs (see :class:`longreach.backends.hf.HFBackend`): the backend reads the part of the
+prompt that may be compressed (question-aware: the prompt but its last token, so the question is inside it;
+question-agnostic: the context alone), with :meth:`CacheMethod.compressing` around that forward. After each
+layer's attention the method rewrites that layer's cache (:meth:`CacheMethod.compress_layer`), so the full
+cache of all layers never exists at once, as in kvpress's forward hooks. Then the rest of the prompt and the
+answer are read on top of the compressed cache; decoding appends normally.
+
+Evicting methods score every cached token per KV head (:meth:`EvictingMethod.scores`, higher is kept), keep
+the top ``kept(n)`` tokens of each head in position order and free the rest: the new tensors have exactly
+``kept(n)`` tokens, so the physical bytes fall with the ratio. ``kept(n) = max(1, int(n * (1 - ratio)))``, the
+count kvpress keeps, so both tools hold equal bytes at equal ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from longreach.methods.base import Kind, Method
+from longreach.models import adapter
+from longreach.params import require
+
+if TYPE_CHECKING:
+    from longreach.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class CacheMethod(Method):
+    """Base class of KV-cache methods. ``needs_question``: the method's choice depends on the queries of the
+    last tokens read (query-aware), so it works as designed only when the question is read before compression."""
+
+    kind: ClassVar[Kind] = "cache"
+    phase: ClassVar[str] = "prefill"
+    needs_question: ClassVar[bool] = False
+
+    def conflict_with(self, other: Method) -> str | None:
+        if other.kind == "attention":
+            return (
+                f"{other.name} keeps its own key layout in the cache (positions by slot), which {self.name} "
+                "would rewrite; run them separately"
+            )
+        return None
+
+    def compress_layer(self, observed: adapter.LayerInput, cache: object, n_layers: int) -> None:
+        """Rewrite ``cache``'s layer ``observed.layer`` in place, right after that layer read the prefill."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def compressing(self, loaded: LoadedModel) -> Iterator[None]:
+        """Compress every layer's cache right after its attention, for the forwards run inside the block."""
+        n_layers = len(adapter.attention_modules(loaded.model))
+
+        def hook(observed: adapter.LayerInput, cache: object) -> None:
+            self.compress_layer(observed, cache, n_layers)
+
+        with adapter.after_attention(loaded.model, hook):
+            yield
+
+
+@dataclass(frozen=True)
+class EvictingMethod(CacheMethod):
+    """A cache method that keeps a subset of the cached tokens per KV head, chosen by :meth:`scores`."""
+
+    compression_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of the prefilled tokens removed (0: keep all)"}
+    )
+    budget: int = field(default=0, metadata={"help": "tokens kept per layer instead of a ratio (0: use the ratio)"})
+
+    def __post_init__(self) -> None:
+        require(
+            0.0 <= self.compression_ratio < 1.0,
+            f"{self.name}: compression_ratio must be in [0, 1) (the fraction removed); got {self.compression_ratio}",
+        )
+        require(self.budget >= 0, f"{self.name}: budget must be >= 0 tokens; got {self.budget}")
+        require(
+            not (self.budget and self.compression_ratio),
+            f"{self.name}: give compression_ratio or budget, not both "
+            f"(got compression_ratio={self.compression_ratio}, budget={self.budget})",
+        )
+
+    def kept(self, n: int, layer: int = 0, n_layers: int = 1) -> int:
+        """Tokens a layer keeps out of ``n`` (kvpress's count for a ratio; ``budget`` capped at n)."""
+        if self.budget:
+            return min(n, self.budget)
+        if self.compression_ratio == 0.0:
+            return n
+        return max(1, int(n * (1.0 - self.compression_ratio)))
+
+    def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Importance of every cached token, (b, k, n) in float32; the highest ``kept`` are kept."""
+        raise NotImplementedError
+
+    def select(
+        self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor, n_layers: int
+    ) -> torch.Tensor | None:
+        """Indices (b, k, kept) of the tokens kept, ascending; None when the layer keeps everything."""
+        n = keys.shape[2]
+        kept = self.kept(n, observed.layer, n_layers)
+        if kept >= n:
+            return None
+        scores = self.scores(observed, keys, values)
+        return scores.topk(kept, dim=-1).indices.sort(dim=-1).values
+
+    def compress_layer(self, observed: adapter.LayerInput, cache: object, n_layers: int) -> None:
+        keys, values = adapter.layer_kv(cache, observed.layer)
+        indices = self.select(observed, keys, values, n_layers)
+        if indices is None:
+            return
+        gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+        adapter.set_layer_kv(cache, observed.layer, keys.gather(2, gather), values.gather(2, gather))
+
+
+def window_attention(observed: adapter.LayerInput, keys: torch.Tensor, window: int) -> torch.Tensor:
+    """Softmax attention (b, h, w, n) of the last ``window`` queries over all n cached keys, causal inside the
+    window, in float32 (SnapKV's observation window). keys (b, k, n, d) post-RoPE."""
+    queries = observed.queries(last=window).float()
+    b, h, w, d = queries.shape
+    k, n = keys.shape[1], keys.shape[2]
+    grouped = queries.reshape(b, k, (h // k) * w, d)
+    logits = (grouped @ keys.float().transpose(-1, -2)).reshape(b, h, w, n) * observed.module.scaling
+    future = torch.ones(w, w, dtype=torch.bool, device=keys.device).triu(1)
+    logits[..., n - w :] = logits[..., n - w :].masked_fill(future, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def attention_mass(observed: adapter.LayerInput, keys: torch.Tensor, block: int = 512) -> torch.Tensor:
+    """Causal softmax attention summed over every query, per key: (b, h, n) in float32 (H2O's accumulated
+    attention). Computed in query blocks from the queries and cached keys, so no (n, n) matrix and no eager
+    attention are needed. keys (b, k, n, d) post-RoPE; the queries are those of the n tokens just read.
+    Kept in ``observed.memo``: methods compressing the same read (other ratios, other settings) reuse it."""
+    if "attention_mass" in observed.memo:
+        return observed.memo["attention_mass"]
+    queries = observed.queries()
+    b, h, n, d = queries.shape
+    k = keys.shape[1]
+    g = h // k
+    keys32 = keys.float()
+    mass = torch.zeros(b, h, n, dtype=torch.float32, device=keys.device)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        q = queries[:, :, start:stop].float().reshape(b, k, g * (stop - start), d)
+        logits = (q @ keys32[:, :, :stop].transpose(-1, -2)).reshape(b, h, stop - start, stop)
+        logits = logits * observed.module.scaling
+        rows = torch.arange(start, stop, device=keys.device)[:, None]
+        logits = logits.masked_fill(torch.arange(stop, device=keys.device)[None, :] > rows, float("-inf"))
+        mass[..., :stop] += logits.softmax(dim=-1).sum(dim=-2)
+    observed.memo["attention_mass"] = mass
+    return mass
+
+
+def per_kv_head(scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(b, h, n) query-head scores -> (b, k, n), the mean over each KV head's group (kvpress's GQA rule)."""
+    b, h, n = scores.shape
+    return scores.reshape(b, kv_heads, h // kv_heads, n).mean(dim=2)

@@ -1,0 +1,60 @@
+"""``snapkv``: observation-window voting with pooling (Li et al. 2024, SnapKV, arXiv 2404.14469).
+
+At the end of the prefill, the last ``window`` queries vote for the earlier keys with their attention
+(softmax over all keys, float32), votes are averaged over the window, smoothed along the sequence with a
+``kernel``-wide pool (keeps the neighbours of a hit: whole facts rather than single tokens), averaged over
+each KV head's query group (GQA), and the top keys are kept together with the window itself.
+Query-aware: the question must be inside the window, i.e. read before compression.
+
+Shapes: window queries (b, h, w, d) x keys (b, k, n, d) -> attention (b, h, w, n) -> votes (b, h, n - w)
+-> pooled, grouped (b, k, n - w) -> scores (b, k, n) with the window on top.
+Same scores as kvpress's ``SnapKVPress`` (its defaults: window 64, kernel 5, average pooling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from longreach.methods.cache.base import EvictingMethod, per_kv_head, window_attention
+from longreach.models import adapter
+from longreach.params import require
+
+
+def snapkv_scores(
+    observed: adapter.LayerInput, keys: torch.Tensor, window: int, kernel: int, pooling: str
+) -> torch.Tensor:
+    """SnapKV votes (b, k, n): pooled mean attention of the last ``window`` queries; the window scores highest."""
+    n = keys.shape[2]
+    window = min(window, n - 1)
+    votes = window_attention(observed, keys, window)[..., : n - window].mean(dim=-2)
+    pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
+    votes = pool(votes, kernel_size=kernel, padding=kernel // 2, stride=1)
+    votes = per_kv_head(votes, keys.shape[1])
+    return F.pad(votes, (0, window), value=float(votes.max()) + 1.0)
+
+
+@dataclass(frozen=True)
+class SnapKV(EvictingMethod):
+    """Keep the keys the observation window attends to most (plus the window)."""
+
+    window: int = field(default=64, metadata={"help": "observation window: the last tokens whose queries vote"})
+    kernel: int = field(default=5, metadata={"help": "pooling width along the sequence (odd)"})
+    pooling: Literal["avg", "max"] = field(default="avg", metadata={"help": "avg | max pooling of the votes"})
+
+    name: ClassVar[str] = "snapkv"
+    summary: ClassVar[str] = "SnapKV: the last window's queries vote (pooled attention) for the keys to keep"
+    paper: ClassVar[str] = "Li et al. 2024, SnapKV: LLM Knows What You are Looking for Before Generation"
+    example: ClassVar[str] = "snapkv:compression_ratio=0.5:window=16"
+    needs_question: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.window >= 1, f"snapkv: window must be >= 1 token; got {self.window}")
+        require(self.kernel >= 1 and self.kernel % 2 == 1, f"snapkv: kernel must be odd and >= 1; got {self.kernel}")
+
+    def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return snapkv_scores(observed, keys, self.window, self.kernel, self.pooling)
