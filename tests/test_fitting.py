@@ -65,3 +65,18 @@ def test_needles_sharing_a_slot_keep_their_rank_order(tiny):
         tiny.tokenizer, 300, head="H\n", question="\nQ?", needles=needles, unit=lambda i: "The sky is blue."
     )
     assert fitted.context.index("first") < fitted.context.index("second") < fitted.context.index("third")
+
+
+def test_distractor_haystack_outlasts_the_key_space(tiny, monkeypatch):
+    """A haystack with more distractor needles than distinct keys still fits (1M tokens of niah_multikey_2 hold
+    more distractors than there are adjective-noun pairs); no distractor reuses the asked key."""
+    from longreach.tasks import parse_task, words
+
+    few = ["red-fox", "blue-owl", "grey-cat", "tan-elk"]
+    monkeypatch.setitem(words.VALUE_MAKERS, "words", lambda rng: rng.choice(few))
+    task = parse_task("niah_multikey_2").task
+    sample = task.generate(tiny.tokenizer, 1024, 0.5, seed=0, index=0)
+    asked = [key for key in few if f"for {key} mentioned" in sample.question]
+    assert len(asked) == 1
+    assert sample.context.count(f"for {asked[0]} is:") == 1
+    assert sample.context.count("One of the special magic") > len(few)

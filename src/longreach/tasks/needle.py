@@ -112,10 +112,13 @@ class NeedleTask(Task):
         if self.haystack == "prose":
             return prose_units(filler_rng)
         drawn: list[str] = []
+        real = frozenset(taken)  # the needles' keys and values: no distractor may reuse one
 
         def distractor(i: int) -> str:
+            # Distractor keys may repeat among themselves (never asked for): a 1M-token haystack holds more
+            # distractors than there are distinct adjective-noun keys.
             while len(drawn) <= i:
-                key = words.unique_values(filler_rng, self.key_type, 1, taken)[0]
+                key = words.unique_values(filler_rng, self.key_type, 1, set(real))[0]
                 value = words.VALUE_MAKERS[self.value_type](filler_rng)
                 drawn.append(self._needle(key, value))
             return drawn[i]
