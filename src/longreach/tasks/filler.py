@@ -29,14 +29,16 @@ _ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])")
 
 def prose_sentence(rng: random.Random) -> str:
     """One grammatical, meaningless sentence from the vendored word lists."""
-    time = rng.choice(word_list("times"))
-    sentence = rng.choice(_TEMPLATES).format(
-        adj=rng.choice(word_list("adjectives")),
-        adj2=rng.choice(word_list("adjectives")),
-        noun=rng.choice(word_list("nouns")),
-        noun2=rng.choice(word_list("nouns")),
-        person=rng.choice(word_list("people")),
-        verb=rng.choice(word_list("verbs")),
+    choice = rng.choice
+    time = choice(word_list("times"))
+    adjectives, nouns = word_list("adjectives"), word_list("nouns")
+    sentence = choice(_TEMPLATES).format(
+        adj=choice(adjectives),
+        adj2=choice(adjectives),
+        noun=choice(nouns),
+        noun2=choice(nouns),
+        person=choice(word_list("people")),
+        verb=choice(word_list("verbs")),
         time=time,
         Time=time[0].upper() + time[1:],
     )

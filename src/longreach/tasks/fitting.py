@@ -136,19 +136,16 @@ class _PieceCounter:
         self._pads: list[str] | None = None
 
     def counts(self, texts: list[str]) -> list[int]:
-        missing = {p for text in texts if text not in self.texts for p in _PIECE.findall(text)} - self.pieces.keys()
+        if len(self.texts) > 100_000:
+            self.texts.clear()
+        new = {text: _PIECE.findall(text) for text in texts if text not in self.texts}
+        missing = {p for found in new.values() for p in found} - self.pieces.keys()
         if missing:
             ordered = sorted(missing)
-            ids = self.tokenizer(ordered, add_special_tokens=False)["input_ids"]
-            self.pieces.update(zip(ordered, map(len, ids), strict=True))
-        result = []
-        for text in texts:
-            if text not in self.texts:
-                if len(self.texts) > 100_000:
-                    self.texts.clear()
-                self.texts[text] = sum(self.pieces[p] for p in _PIECE.findall(text))
-            result.append(self.texts[text])
-        return result
+            self.pieces.update(zip(ordered, tokens.piece_lengths(self.tokenizer, ordered), strict=True))
+        cost = self.pieces.__getitem__
+        self.texts.update((text, sum(map(cost, found))) for text, found in new.items())
+        return [self.texts[text] for text in texts]
 
     def count(self, text: str) -> int:
         return self.counts([text])[0]
