@@ -10,9 +10,10 @@ Stages (each resumable; rerun the script to continue a killed run):
             mode, so every method compresses one shared read of the sample: HFBackend's reuse_prefix).
   kvpress   benchmarks/kvpress_driver.py in kvpress's own venv (built by benchmarks/kvpress_env.py), strategy
             "shared": one read per (instance, mode) whose per-layer hook calls every press's ``compress``.
-  sparse    the attention methods kvpress lacks, on the same instances: moa (a plan profiled on SmolLM2 for a
-            50% cache at 4K and 8K, shipped as moa:plan=smollm2-135m-keep0.5) in both modes, and squeezed
-            (sparsity 0.5) question-agnostic (its setting: a fixed context clustered before the questions).
+  sparse    (not in the default stages) the attention methods kvpress lacks, on the same instances: moa (a plan
+            profiled on SmolLM2 for a 50% cache at 4K and 8K by ``longreach moa-plan``, made first if missing)
+            in both modes, and squeezed (sparsity 0.5) question-agnostic (its setting: a fixed context clustered
+            before the questions).
   timing    prefill seconds, decode tokens/s and peak RSS without any sharing: passkey 8K, 3 instances,
             question-aware, ratio 0.5, every method run on its own (longreach: no reuse; kvpress: ``with press``).
   report    benchmarks/results/kv_cache.json and .md: the side-by-side table, the targets, wall times, provenance.
@@ -69,7 +70,8 @@ PAIRS = [
     ("h2o:compression_ratio={r}", None),
 ]
 UNPAIRED = ["quantized", "quantized:bits=4"]
-SPARSE = {"moa:plan=smollm2-135m-keep0.5": MODES, "squeezed:sparsity=0.5": ("agnostic",)}
+MOA_PLAN = ROOT / "moa-smollm2-135m-keep0.5.json"
+SPARSE = {f"moa:plan={MOA_PLAN}": MODES, "squeezed:sparsity=0.5": ("agnostic",)}
 
 
 def longreach_rows(ratios: tuple[float, ...] = RATIOS) -> list[str]:
@@ -97,7 +99,7 @@ def export(lengths: tuple[int, ...]) -> dict:
     return {"instances": count, "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
 
 
-def run_longreach(lengths: tuple[int, ...]) -> float:
+def run_longreach(lengths: tuple[int, ...], modes: tuple[str, ...] = MODES) -> float:
     started = time.perf_counter()
     for length in lengths:
         config = SweepConfig(
@@ -112,7 +114,7 @@ def run_longreach(lengths: tuple[int, ...]) -> float:
             resume=True,
             interleave=True,
             reuse_prefix=True,
-            question_modes=MODES,
+            question_modes=modes,
         )
         run_sweep(config, show_progress=True)
     return time.perf_counter() - started
@@ -121,6 +123,18 @@ def run_longreach(lengths: tuple[int, ...]) -> float:
 def run_sparse(lengths: tuple[int, ...]) -> float:
     """MoA and Squeezed Attention (each reads every prompt itself: attention methods change the prefill)."""
     started = time.perf_counter()
+    if not MOA_PLAN.is_file():
+        command = [
+            str(Path(sys.executable).parent / "longreach"),
+            "moa-plan",
+            "--model",
+            MODEL,
+            "--keep",
+            "0.5",
+            "--targets",
+            "4k,8k",
+        ]
+        subprocess.run([*command, "--out", str(MOA_PLAN)], check=True)
     for length in lengths:
         for spec, modes in SPARSE.items():
             config = SweepConfig(
@@ -510,7 +524,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="export,longreach,kvpress,timing,report")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--modes", default=",".join(MODES), help="question modes of the longreach and kvpress stages")
     args = parser.parse_args()
+    modes = tuple(args.modes.split(","))
     stages = args.stages.split(",")
     lengths = tuple(int(x) for x in args.lengths.split(","))
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -526,11 +542,11 @@ def main() -> None:
         state["export"] = export(LENGTHS)
         record("export", time.perf_counter() - started)
     if "longreach" in stages:
-        record("longreach", run_longreach(lengths))
+        record("longreach", run_longreach(lengths, modes))
     if "kvpress" in stages:
         for length in lengths:
             instances = driver_instances((length,), None, TASKS)
-            seconds = run_kvpress(instances, kvpress_rows(), MODES, "shared", ROOT / "kvpress" / "accuracy.jsonl")
+            seconds = run_kvpress(instances, kvpress_rows(), modes, "shared", ROOT / "kvpress" / "accuracy.jsonl")
             record("kvpress", seconds)
     if "sparse" in stages:
         record("sparse", run_sparse(lengths))
