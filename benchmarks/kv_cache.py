@@ -153,11 +153,23 @@ def run_sparse(lengths: tuple[int, ...]) -> float:
     return time.perf_counter() - started
 
 
-def driver_instances(lengths: tuple[int, ...], depths: tuple[float, ...] | None, tasks: tuple[str, ...]) -> Path:
+def export_timing() -> Path:
+    """The timing stage's instances (passkey 8K at TIMING_DEPTHS, the cells our timing sweep runs)."""
+    out = ROOT / "instances_timing.jsonl"
+    config = SweepConfig(
+        model=MODEL, tasks=("passkey",), lengths=(8192,), out=ROOT, depths=TIMING_DEPTHS, samples=1, seed=0
+    )
+    export_instances(config, out)
+    return out
+
+
+def driver_instances(
+    lengths: tuple[int, ...], depths: tuple[float, ...] | None, tasks: tuple[str, ...], source: Path | None = None
+) -> Path:
     """The exported instances as token ids (our tokenizer) with the split of each question mode."""
     tokenizer = load_tokenizer(resolve(MODEL))
     rows = []
-    for line in map(json.loads, (ROOT / "instances.jsonl").read_text().splitlines()):
+    for line in map(json.loads, (source or ROOT / "instances.jsonl").read_text().splitlines()):
         if line["context_length"] not in lengths or line["task"] not in tasks:
             continue
         if depths is not None and line["depth"] not in depths:
@@ -224,7 +236,9 @@ def run_timing() -> dict:
     )
     run_sweep(config, show_progress=True)
     ours = time.perf_counter() - started
-    instances = driver_instances((8192,), TIMING_DEPTHS, ("passkey",))
+    instances = driver_instances((8192,), TIMING_DEPTHS, ("passkey",), export_timing())
+    if not instances.read_text():
+        raise SystemExit(f"no timing instances in {instances}")
     theirs = run_kvpress(instances, kvpress_rows((0.5,)), ("aware",), "timed", ROOT / "kvpress" / "timing.jsonl")
     return {"longreach_seconds": ours, "kvpress_seconds": theirs}
 
@@ -266,7 +280,9 @@ def their_rows(path: Path, answers: dict[str, list[str]]) -> list[dict]:
 
 def summarize() -> dict:
     tokenizer_answers = {}
-    for line in map(json.loads, (ROOT / "instances.jsonl").read_text().splitlines()):
+    sources = [ROOT / "instances.jsonl", ROOT / "instances_timing.jsonl"]
+    lines = [json.loads(line) for path in sources if path.is_file() for line in path.read_text().splitlines()]
+    for line in lines:
         tokenizer_answers[f"{line['task']}|{line['context_length']}|{line['depth']!r}"] = line["answers"]
     ours = our_cells(ROOT / "longreach")
     theirs = their_rows(ROOT / "kvpress" / "accuracy.jsonl", tokenizer_answers)
