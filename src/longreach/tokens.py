@@ -43,9 +43,14 @@ class Encoding:
         return found
 
 
+def _rust_backend(tokenizer: Any) -> Any:
+    """A fast tokenizer's Rust ``tokenizers.Tokenizer``, or None for slow tokenizers."""
+    return getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+
+
 def piece_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
     """Token counts of many short texts, without special tokens (fast tokenizers: one Rust batch call)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _rust_backend(tokenizer)
     if backend is None:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
@@ -66,7 +71,7 @@ def encode_with_offsets(tokenizer: Any, text: str) -> Encoding:
     pre-token boundary, so the ids are the ones a single call gives; every cut is also checked on a window
     around it (one call over the window equals the two halves), else the text is encoded in one call.
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _rust_backend(tokenizer)
     if backend is None:
         return Encoding(tokenizer, text, encode(tokenizer, text))
     if len(text) >= _PARALLEL_CHARS and _splits_by_regex(backend):
