@@ -31,6 +31,36 @@ def test_chunked_encoding_equals_one_call(which, tiny, smollm2_tokenizer):
     assert encoding.token_indices_of_chars(chars) == [whole.char_to_token(c) for c in chars]
 
 
+def test_a_key_value_haystack_is_chunked_too(smollm2_tokenizer):
+    """JSON-like text (quoted UUIDs, no space before a letter) is cut at spaces between non-spaces."""
+    import uuid
+
+    rng = random.Random(1)
+    pairs = [f'"{uuid.UUID(int=rng.getrandbits(128))}": "{uuid.UUID(int=rng.getrandbits(128))}"' for _ in range(6000)]
+    text = "{" + ", ".join(pairs) + "}\nWhich value?"
+    assert len(text) > tokens._PARALLEL_CHARS
+    encoding = tokens.encode_with_offsets(smollm2_tokenizer, text)
+    assert len(encoding.parts) == tokens._CHUNKS
+    assert encoding.ids == tokens.encode(smollm2_tokenizer, text)
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_an_edited_end_reencodes_only_the_last_chunk(which, tiny, smollm2_tokenizer):
+    tokenizer = tiny.tokenizer if which == "tiny" else smollm2_tokenizer
+    text = _text(tokens._PARALLEL_CHARS + 50_000)
+    first = tokens.encode_with_offsets(tokenizer, text)
+    edited = text[:-200] + " and so on to the end of the day\nWhat is the key? The key is"
+    again = tokens.encode_with_offsets(tokenizer, edited, previous=first)
+    assert again.reused_chars > 0.9 * len(text)
+    whole = tokenizer.backend_tokenizer.encode(edited, add_special_tokens=True)
+    assert again.ids == whole.ids
+    chars = [0, 1000, len(edited) // 2, len(edited) - 100, len(edited) - 3]
+    assert again.token_indices_of_chars(chars) == [whole.char_to_token(c) for c in chars]
+    early = "Changed" + text[7:]
+    redone = tokens.encode_with_offsets(tokenizer, early, previous=first)
+    assert redone.reused_chars == 0 and redone.ids == tokens.encode(tokenizer, early)
+
+
 def test_the_fast_path_verifies_once_on_typical_prompts(smollm2_tokenizer):
     counts = []
     for name in ("passkey", "niah_single_2", "nt_single", "vt", "bio_retrieve", "db_count"):
@@ -80,3 +110,15 @@ def test_distractor_haystack_outlasts_the_key_space(tiny, monkeypatch):
     assert len(asked) == 1
     assert sample.context.count(f"for {asked[0]} is:") == 1
     assert sample.context.count("One of the special magic") > len(few)
+
+
+def test_prose_draws_the_words_random_choice_would(monkeypatch):
+    """The inlined word draw consumes the RNG exactly as ``random.Random.choice`` (same sentences as before)."""
+    from longreach.tasks import filler
+
+    rng_ref = random.Random(11)
+    monkeypatch.setattr(filler, "_choice", lambda bits, seq: rng_ref.choice(seq))
+    reference = [filler.prose_sentence(rng_ref) for _ in range(3000)]
+    monkeypatch.undo()
+    rng = random.Random(11)
+    assert [filler.prose_sentence(rng) for _ in range(3000)] == reference

@@ -25,6 +25,7 @@ class Encoding:
     text: str
     ids: list[int]
     parts: tuple[tuple[int, int, Any], ...] = ()  # (first char, first token, ``tokenizers.Encoding``) per chunk
+    reused_chars: int = 0  # leading characters whose tokens were taken from an earlier encoding
 
     def token_indices_of_chars(self, char_indices: list[int]) -> list[int]:
         """For each character index, the index of the first token that ends after it."""
@@ -61,19 +62,27 @@ _CHUNKS = 16
 _WINDOW = 96
 
 
-def encode_with_offsets(tokenizer: Any, text: str) -> Encoding:
+def encode_with_offsets(tokenizer: Any, text: str, previous: Encoding | None = None) -> Encoding:
     """One tokenization giving both the ids and (for fast tokenizers) the character-to-token map.
 
     Fast tokenizers are called through their Rust backend (the same ids as ``encode``, without building
-    Python offset lists). Long texts are cut into chunks at word starts (a space followed by a letter,
-    after a non-space) and encoded in parallel, when the tokenizer's pre-tokenizer splits words by regex
+    Python offset lists). Long texts are cut into chunks at pre-token starts (a space between two non-space
+    characters) and encoded in parallel, when the tokenizer's pre-tokenizer splits words by regex
     (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM) and adds special tokens only in front. Such a cut is a
     pre-token boundary, so the ids are the ones a single call gives; every cut is also checked on a window
     around it (one call over the window equals the two halves), else the text is encoded in one call.
+
+    ``previous``: an earlier chunked encoding of a text that ``text`` shares a long prefix with (the fitter
+    edits only the end of a haystack). Its chunks that end, with their checked window, inside the shared
+    prefix are reused and only the rest is encoded (:attr:`Encoding.reused_chars` says how much was reused).
     """
     backend = _rust_backend(tokenizer)
     if backend is None:
         return Encoding(tokenizer, text, encode(tokenizer, text))
+    if previous is not None and len(previous.parts) > 1:
+        reused = _reencode_suffix(backend, previous, text)
+        if reused is not None:
+            return reused
     if len(text) >= _PARALLEL_CHARS and _splits_by_regex(backend):
         parts = _encode_chunks(backend, text)
         if parts is not None:
@@ -81,6 +90,31 @@ def encode_with_offsets(tokenizer: Any, text: str) -> Encoding:
             return Encoding(tokenizer, text, ids, parts)
     rust = backend.encode(text, add_special_tokens=True)
     return Encoding(tokenizer, text, rust.ids, ((0, 0, rust),))
+
+
+def _reencode_suffix(backend: Any, previous: Encoding, text: str) -> Encoding | None:
+    """``text`` encoded by reusing ``previous``'s chunks inside the shared prefix; None when none can be."""
+    shared = _shared_prefix(previous.text, text)
+    keep = 0  # chunks kept: chunk j ends at the start of chunk j + 1, whose cut was checked on +-_WINDOW chars
+    while keep + 1 < len(previous.parts) and previous.parts[keep + 1][0] + _WINDOW <= shared:
+        keep += 1
+    if keep == 0:
+        return None
+    cut, first_token, _ = previous.parts[keep]
+    if len(text) - cut >= _PARALLEL_CHARS:
+        return None
+    rust = backend.encode(text[cut:], add_special_tokens=False)
+    parts = (*previous.parts[:keep], (cut, first_token, rust))
+    return Encoding(previous.tokenizer, text, previous.ids[:first_token] + rust.ids, parts, reused_chars=cut)
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings (bisection over C-speed slice comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+    return lo
 
 
 def _splits_by_regex(backend: Any) -> bool:
@@ -98,7 +132,7 @@ def _encode_chunks(backend: Any, text: str) -> tuple[tuple[int, int, Any], ...] 
     size = len(text) // _CHUNKS
     cuts = [0]
     for k in range(1, _CHUNKS):
-        cut = _word_start(text, k * size)
+        cut = _pre_token_start(text, k * size)
         if cut is None or cut <= cuts[-1]:
             return None
         cuts.append(cut)
@@ -120,10 +154,11 @@ def _encode_chunks(backend: Any, text: str) -> tuple[tuple[int, int, Any], ...] 
     return tuple(parts)
 
 
-def _word_start(text: str, near: int) -> int | None:
-    """The first index at or after ``near`` where a space follows a non-space and precedes a letter."""
+def _pre_token_start(text: str, near: int) -> int | None:
+    """The first index at or after ``near`` holding a space between two non-space characters. No byte-level
+    BPE pre-token runs from a non-space character into a following space, so a pre-token starts there."""
     for i in range(max(1, near), min(len(text) - 1, near + 20_000)):
-        if text[i] == " " and text[i + 1].isalpha() and text[i + 1].isascii() and not text[i - 1].isspace():
+        if text[i] == " " and not text[i - 1].isspace() and not text[i + 1].isspace():
             return i
     return None
 

@@ -8,7 +8,8 @@ counts of whitespace-delimited pieces (``" grass"``, ``" green."``), tokenized i
 whole units and a partial ``tail`` (a prefix of the next unit, topped up with words that are single tokens
 in this tokenizer) are chosen from those estimates, and the prompt is tokenized in full once to verify.
 Tokenizers are not perfectly additive, so when the verified count is off, the end of the haystack is
-corrected by tokenizing only a short window around it (its effect is local) and verified in full again.
+corrected by tokenizing only a short window around it (its effect is local) and verified again (long
+prompts: by re-encoding only the last of the chunks the first verification encoded in parallel).
 If that does not converge, a slow search with full tokenizations (galloping, then bisection) finishes
 the job; a search that cannot hit the target exactly raises :class:`LengthFitError`.
 
@@ -233,11 +234,11 @@ def _fit_fast(tokenizer: Any, layout: _Layout, target: int, fixed: int) -> Fitte
             break
     if tail is None:
         return None
-    full = 0
+    full, encoding = 0, None
     for _ in range(_LOCAL_ROUNDS):
         context, spans = layout.render(units, tail)
-        encoding = tokens.encode_with_offsets(tokenizer, context + layout.question)
-        full += 1
+        encoding = tokens.encode_with_offsets(tokenizer, context + layout.question, previous=encoding)
+        full += encoding.reused_chars == 0  # a corrected end re-encodes only the last chunk
         if len(encoding.ids) == target:
             return _measure(tokenizer, context, layout.question, layout.head, spans, units, encoding, full)
         fixed_up = _local_fix(tokenizer, counter, costs, layout, units, tail, target - len(encoding.ids))
