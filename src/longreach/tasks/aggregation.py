@@ -146,19 +146,15 @@ class Aggregation(Task):
     def _sample(
         self, fitted: fitting.Fitted, answers: list[str], budget: int, distinct: int, extra: dict[str, Any]
     ) -> Sample:
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens or budget,
             stop=("\n\n",),
-            meta={
-                **fitted.meta(),
-                **extra,
-                "mode": self.mode,
-                "random_baseline": round(min(1.0, len(answers) / max(1, distinct)), 6),
-            },
+            **extra,
+            mode=self.mode,
+            random_baseline=round(min(1.0, len(answers) / max(1, distinct)), 6),
         )
 
     def score(self, sample: Sample, prediction: str) -> float:

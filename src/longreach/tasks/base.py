@@ -7,12 +7,16 @@ from its own RNG (see :mod:`longreach.tasks.rng`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from longreach import params
 from longreach.errors import LongreachError
 from longreach.registry import Registry
+
+if TYPE_CHECKING:
+    from longreach.tasks.fitting import Fitted
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,29 @@ class Sample:
     @property
     def prompt(self) -> str:
         return self.context + self.question
+
+    @classmethod
+    def from_fit(
+        cls,
+        fitted: Fitted,
+        *,
+        task: str,
+        answers: Iterable[str],
+        max_new_tokens: int,
+        stop: tuple[str, ...] = (),
+        **meta: Any,
+    ) -> Sample:
+        """A sample whose prompt is a fitted haystack: its context and question, its length and placement
+        facts (:meth:`Fitted.meta`) and the generator's own ``meta`` entries."""
+        return cls(
+            task=task,
+            context=fitted.context,
+            question=fitted.question,
+            answers=tuple(answers),
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            meta={**fitted.meta(), **meta},
+        )
 
 
 @dataclass(frozen=True)

@@ -171,21 +171,17 @@ class Biographies(Task):
             sep="\n",
             needle_sep="\n",
         )
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens,
             stop=("\n",),
-            meta={
-                **fitted.meta(),
-                "op": self.op,
-                "attribute": attribute,
-                "people": [p.name for p in people],
-                "evidence": evidence,
-                "random_baseline": round(self._baseline(attribute), 6),
-            },
+            op=self.op,
+            attribute=attribute,
+            people=[p.name for p in people],
+            evidence=evidence,
+            random_baseline=round(self._baseline(attribute), 6),
         )
 
     def _bio(self, person: Person, r: random.Random, asked: str, drop: bool) -> str:

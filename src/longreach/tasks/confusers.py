@@ -102,21 +102,17 @@ class Confusers(Task):
             needle_sep=" ",
         )
         answers = [values[0]] if self.answerable else ["not stated"]
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens,
             stop=("\n",),
-            meta={
-                **fitted.meta(),
-                "fact": fact,
-                "town": town,
-                "confuser_values": values[1:],
-                "evidence": [values[0]] if self.answerable else [towns[1]],
-                "random_baseline": round(1 / (self.n_confusers + 1), 6) if self.answerable else 0.0,
-            },
+            fact=fact,
+            town=town,
+            confuser_values=values[1:],
+            evidence=[values[0]] if self.answerable else [towns[1]],
+            random_baseline=round(1 / (self.n_confusers + 1), 6) if self.answerable else 0.0,
         )
 
     def reference_answer(self, sample: Sample) -> str:

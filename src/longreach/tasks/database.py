@@ -110,21 +110,17 @@ class Database(Task):
             needle_sep="\n",
         )
         all_wines = [w[0] for w in wines]
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens,
             stop=("\n\n",),
-            meta={
-                **fitted.meta(),
-                "query": self.query,
-                "sql": sql,
-                "sql_params": list(params),
-                "wines": all_wines,
-                "random_baseline": round(self._baseline(len(answers)), 6),
-            },
+            query=self.query,
+            sql=sql,
+            sql_params=list(params),
+            wines=all_wines,
+            random_baseline=round(self._baseline(len(answers)), 6),
         )
 
     def _query(

@@ -90,14 +90,14 @@ class LongGeneration(Task):
             needle_sep=" ",
         )
         budget = self.max_new_tokens or n * (2 * self.words_per_entry + 16)
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(f"{label} {entry}: {keyword}" for entry, keyword in checks),
             max_new_tokens=budget,
             stop=("*** finished",),
-            meta={**fitted.meta(), "checks": checks, "random_baseline": 0.0},
+            checks=checks,
+            random_baseline=0.0,
         )
 
     def _constraints(self, probe: random.Random) -> tuple[list[str], list[tuple[int, str]]]:

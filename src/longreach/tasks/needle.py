@@ -76,19 +76,15 @@ class NeedleTask(Task):
             needle_sep=" ",
         )
         answers = tuple(v for q in queried for v in values[q])
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task="needle",
-            context=fitted.context,
-            question=fitted.question,
             answers=answers,
             max_new_tokens=self.max_new_tokens or (32 if self.single else 128),
             stop=("\n", ".") if self.single else ("\n\n",),
-            meta={
-                **fitted.meta(),
-                "keys": [keys[q] for q in queried],
-                "match": "all",
-                "random_baseline": _guess(self.value_type),
-            },
+            keys=[keys[q] for q in queried],
+            match="all",
+            random_baseline=_guess(self.value_type),
         )
 
     def _needle(self, key: str, value: str) -> str:

@@ -71,14 +71,14 @@ class Ordering(Task):
             sep=" ",
             needle_sep=" ",
         )
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens,
             stop=("\n",),
-            meta={**fitted.meta(), "cities": cities, "random_baseline": round(1 / math.factorial(n), 8)},
+            cities=cities,
+            random_baseline=round(1 / math.factorial(n), 8),
         )
 
     def reference_answer(self, sample: Sample) -> str:

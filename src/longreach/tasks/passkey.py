@@ -51,18 +51,14 @@ class Passkey(Task):
             sep=" ",
             needle_sep="\n",
         )
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task="passkey",
-            context=fitted.context,
-            question=fitted.question,
             answers=(key,),
             max_new_tokens=self.max_new_tokens,
             stop=("\n", "."),
-            meta={
-                **fitted.meta(),
-                "match": "all",
-                "random_baseline": 1 / (9 * 10 ** (self.digits - 1)),  # a uniform guess of a number of that size
-            },
+            match="all",
+            random_baseline=1 / (9 * 10 ** (self.digits - 1)),  # a uniform guess of a number of that size
         )
 
     def score(self, sample: Sample, prediction: str) -> float:

@@ -82,20 +82,16 @@ class Threading(Task):
             needle_sep="\n",
         )
         pairs = fitted.filler_units + len(needles)
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(answers),
             max_new_tokens=self.max_new_tokens or 24 * len(answers) + 8,
             stop=("\n\n",),
-            meta={
-                **fitted.meta(),
-                "mode": self.mode,
-                "start_keys": start_keys,
-                "pairs": pairs,
-                "random_baseline": round(min(1.0, len(answers) / pairs), 6),
-            },
+            mode=self.mode,
+            start_keys=start_keys,
+            pairs=pairs,
+            random_baseline=round(min(1.0, len(answers) / pairs), 6),
         )
 
     def _needles(self, probe: random.Random, depth: float) -> tuple[list[fitting.Needle], list[str], list[str]]:

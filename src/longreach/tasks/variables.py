@@ -80,20 +80,16 @@ class VariableTracking(Task):
             needle_sep="\n",
         )
         all_names = [n for names in chains for n in names]
-        return Sample(
+        return Sample.from_fit(
+            fitted,
             task=self.family,
-            context=fitted.context,
-            question=fitted.question,
             answers=tuple(chains[0]),
             max_new_tokens=self.max_new_tokens,
             stop=("\n",),
-            meta={
-                **fitted.meta(),
-                "value": values[0],
-                "all_names": all_names,
-                "metric": self.metric,
-                "random_baseline": round(1 / self.num_chains, 6),
-            },
+            value=values[0],
+            all_names=all_names,
+            metric=self.metric,
+            random_baseline=round(1 / self.num_chains, 6),
         )
 
     def _example(self, probe: random.Random) -> str:
