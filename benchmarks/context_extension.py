@@ -10,6 +10,10 @@ Stages (each a resumable longreach sweep under runs/bench-context/, so a killed 
 The summary (tables, targets, wall times, provenance) goes to benchmarks/results/context_extension.json and
 .md; the sweeps' own report.json files are copied under benchmarks/results/context_extension/.
 
+With --device cuda the sweeps go to runs/bench-context-cuda/ and the summary to context_extension_cuda.{json,md};
+no row is pruned at 32K (a GPU affords every row), and --shard i/n runs every n-th row from the i-th, so several
+processes share one GPU (they write the same resumable stores). Run the timing stage alone: shards share the GPU.
+
 Rows use one configuration across lengths, planned for 32K (s = 4), as a user would set them: static methods
 show their short-input cost, dynamic ones (dynamic, SelfExtend's rule, longrope's short factors) do not.
 """
@@ -76,6 +80,7 @@ def sweep(
     reuse: bool = True,
 ) -> dict:
     out = ROOT / name
+    methods = SHARD(methods)
     config = SweepConfig(
         model=MODEL,
         tasks=tasks,
@@ -85,6 +90,7 @@ def sweep(
         depths=depths,
         samples=samples,
         dtype="bf16",
+        device=DEVICE,
         resume=True,
         interleave=interleave,
         reuse_prefix=reuse,
@@ -93,10 +99,11 @@ def sweep(
     run_sweep(config, show_progress=True)
     seconds = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
-    target = RESULTS / "context_extension" / name
+    target = RESULTS / NAME / name
     target.mkdir(parents=True, exist_ok=True)
     for file in ("report.json", "report.md"):
         shutil.copy(out / file, target / file)
+    STORE_PROVENANCE.update(report["provenance"])
     return {"report": report, "seconds": seconds}
 
 
@@ -114,13 +121,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default="passkey,passkey32,inside,multikey,timing")
     parser.add_argument("--smoke", action="store_true", help="tiny-llama, short lengths, into /tmp (a dry run)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--shard", default="0/1", help="i/n: run rows i, i+n, i+2n, ... (processes sharing a GPU)")
     args = parser.parse_args()
+    use_device(args.device, args.shard)
     if args.smoke:
         smoke()
     stages = args.stages.split(",")
-    summary_path = RESULTS / "context_extension.json"
+    summary_path = RESULTS / f"{NAME}.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
-    summary["provenance"] = {**environment(), "model": MODEL, "native_context_length": NATIVE, "dtype": "bf16"}
+    summary["provenance"] = {
+        **environment(),
+        "model": MODEL,
+        "native_context_length": NATIVE,
+        "dtype": "bf16",
+        "device": DEVICE,
+    }
     summary["rows"] = [canonical(r) for r in ROWS]
 
     if "timing" in stages:
@@ -145,7 +161,7 @@ def main() -> None:
         write(summary)
 
     passkey16 = {m: s for (m, length), s in table_items(summary, "passkey") if length == LENGTHS["passkey"][-1]}
-    survivors = [r for r in ROWS if canonical(r) in PEERS or passkey16.get(canonical(r), 0.0) >= 0.5]
+    survivors = [r for r in ROWS if DEVICE != "cpu" or canonical(r) in PEERS or passkey16.get(canonical(r), 0.0) >= 0.5]
     if "passkey32" in stages:
         run = sweep("passkey32", ("passkey",), (LENGTHS["passkey32"],), survivors, DEPTHS, 1)
         summary["stages"]["passkey32"] = {
@@ -164,6 +180,29 @@ def main() -> None:
         run = sweep("multikey", ("niah_multikey_1",), LENGTHS["multikey"], survivors, (0.1, 0.4, 0.6, 0.9), 1)
         summary["stages"]["multikey"] = {"seconds": run["seconds"], "scores": as_table(scores(run["report"]))}
         write(summary)
+
+
+DEVICE = "cpu"
+NAME = "context_extension"
+STORE_PROVENANCE: dict = {}  # the provenance the sweeps' stores recorded (where the cells ran)
+
+
+def SHARD(rows: list[str]) -> list[str]:  # noqa: N802 (replaced by use_device)
+    return rows
+
+
+def use_device(device: str, shard: str) -> None:
+    """Point the stores and summary at a GPU run's own names and keep this process's shard of the rows."""
+    global DEVICE, NAME, ROOT, SHARD
+    index, count = (int(x) for x in shard.split("/"))
+    DEVICE = device
+    if device != "cpu":
+        NAME, ROOT = "context_extension_cuda", Path("runs/bench-context-cuda")
+
+    def keep(rows: list[str]) -> list[str]:
+        return rows[index::count]
+
+    SHARD = keep
 
 
 def smoke() -> None:
@@ -197,16 +236,19 @@ def table_items(summary: dict, stage: str):
 
 
 def write(summary: dict) -> None:
+    if DEVICE != "cpu" and STORE_PROVENANCE:  # the GPU machine's facts, not those of the machine summarising
+        summary["provenance"] = {**STORE_PROVENANCE, "device": DEVICE}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "context_extension.json").write_text(json.dumps(summary, indent=1))
-    (RESULTS / "context_extension.md").write_text(markdown(summary))
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / f"{NAME}.md").write_text(markdown(summary))
 
 
 def markdown(summary: dict) -> str:
     rows = summary["rows"]
     stages = summary["stages"]
     lines = [
-        "# Context extension on SmolLM2-135M (native 8K), bf16, 2 CPU cores",
+        "# Context extension on SmolLM2-135M (native 8K), bf16, "
+        + ("2 CPU cores" if DEVICE == "cpu" else f"{summary['provenance'].get('gpu', DEVICE)}"),
         "",
         f"Provenance: {json.dumps(summary['provenance'])}",
         "",

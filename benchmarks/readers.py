@@ -9,6 +9,7 @@ Stages (resumable longreach sweeps under runs/bench-readers/):
   moonshot   one passkey sample at 1M tokens with infiniretri
 The summary (scores, seconds and peak RSS per length, the linearity and memory ratios, wall times,
 provenance) goes to benchmarks/results/readers.json and .md; sweep reports under benchmarks/results/readers/.
+With --device cuda: stores under runs/bench-readers-cuda/, summary readers_cuda.{json,md}, reports readers_cuda/.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +32,9 @@ RESULTS = Path("benchmarks/results")
 DEPTHS = tuple(round(i / 9, 4) for i in range(10))
 READER = "infiniretri"
 FIRST = (DEPTHS[0], DEPTHS[4], DEPTHS[9])  # three depths at every length before the other seven
+DEVICE = "cpu"
+NAME = "readers"
+STORE_PROVENANCE: dict = {}  # with a GPU: the provenance its sweeps recorded
 STAGES = {
     "passkey3": dict(
         tasks=("passkey",), lengths=(16384, 32768, 65536, 131072), methods=(READER,), depths=FIRST, out="passkey"
@@ -58,13 +63,14 @@ def run_stage(name: str) -> dict:
         depths=spec["depths"],
         samples=1,
         dtype="bf16",
+        device=DEVICE,
         resume=True,
     )
     start = time.perf_counter()
     run_sweep(config, show_progress=True)
     seconds = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
-    target = RESULTS / "readers" / name
+    target = RESULTS / NAME / name
     target.mkdir(parents=True, exist_ok=True)
     for file in ("report.json", "report.md"):
         shutil.copy(out / file, target / file)
@@ -81,7 +87,23 @@ def run_stage(name: str) -> dict:
             "median_seconds": statistics.median(c["seconds"] for c in cells),
             "peak_rss_mb": max(c["peak_rss_mb"] for c in cells),
         }
+        if DEVICE != "cpu":
+            rows[item["method"]][str(item["context_length"])]["peak_gpu_mb"] = gpu_peaks(out).get(
+                (item["method"], item["context_length"], item["task"]), 0.0
+            )
+    if DEVICE != "cpu":  # the GPU machine's facts, not those of the machine summarising
+        STORE_PROVENANCE.update(report["provenance"], device=DEVICE)
     return {"task": spec["tasks"][0], "seconds": seconds, "rows": rows, "failed": len(report["failed_cells"])}
+
+
+def gpu_peaks(out: Path) -> dict[tuple[str, int, str], float]:
+    """Peak GPU MiB per (method, length, task) from the store's cell meta (the report does not carry it)."""
+    peaks: dict[tuple[str, int, str], float] = {}
+    with sqlite3.connect(out / "results.sqlite") as db:
+        for method, length, task, meta in db.execute("SELECT method, context_length, task, meta FROM cells"):
+            key = (method, int(length), task)
+            peaks[key] = max(peaks.get(key, 0.0), json.loads(meta or "{}").get("peak_gpu_mb", 0.0))
+    return peaks
 
 
 def ratios(stage: dict) -> dict:
@@ -91,14 +113,23 @@ def ratios(stage: dict) -> dict:
     return {
         "seconds_128k_over_16k": row["131072"]["median_seconds"] / row["16384"]["median_seconds"],
         "peak_rss_128k_over_16k": row["131072"]["peak_rss_mb"] / row["16384"]["peak_rss_mb"],
+        **(
+            {"peak_gpu_128k_over_16k": row["131072"]["peak_gpu_mb"] / row["16384"]["peak_gpu_mb"]}
+            if row["16384"].get("peak_gpu_mb")
+            else {}
+        ),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     args = parser.parse_args()
-    path = RESULTS / "readers.json"
+    global DEVICE, NAME, ROOT
+    if args.device != "cpu":
+        DEVICE, NAME, ROOT = args.device, "readers_cuda", Path("runs/bench-readers-cuda")
+    path = RESULTS / f"{NAME}.json"
     summary = json.loads(path.read_text()) if path.exists() else {"stages": {}}
     summary["provenance"] = {**environment(), "model": MODEL, "native_context_length": 8192, "dtype": "bf16"}
     for name in args.stages.split(","):
@@ -112,25 +143,28 @@ def main() -> None:
 
 
 def write(summary: dict, path: Path) -> None:
+    summary["provenance"].update(STORE_PROVENANCE)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
     lines = [
-        "# Readers on SmolLM2-135M (native 8K), bf16, 2 CPU cores",
+        "# Readers on SmolLM2-135M (native 8K), bf16, "
+        + ("2 CPU cores" if DEVICE == "cpu" else summary["provenance"].get("gpu", DEVICE)),
         "",
         f"Provenance: {json.dumps(summary['provenance'])}",
         "",
-        "| stage | task | method | length | score | samples | median s/sample | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | task | method | length | score | samples | median s/sample | peak RSS MiB | peak GPU MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, stage in summary["stages"].items():
         if "skipped" in stage:
-            lines.append(f"| {name} | skipped: {stage['skipped']} | | | | | | |")
+            lines.append(f"| {name} | skipped: {stage['skipped']} | | | | | | | |")
             continue
         for method, by_length in stage["rows"].items():
             for length, row in sorted(by_length.items(), key=lambda kv: int(kv[0])):
                 lines.append(
                     f"| {name} | {stage['task']} | {method} | {int(length) // 1024}K | {row['score']:.2f} | "
-                    f"{row['n']} | {row['median_seconds']:.0f} | {row['peak_rss_mb']:.0f} |"
+                    f"{row['n']} | {row['median_seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
+                    f"{row.get('peak_gpu_mb', 0):.0f} |"
                 )
     if summary.get("passkey_ratios"):
         lines += [

@@ -68,3 +68,11 @@ def test_prefix_reuse_needs_the_same_length_and_stack(tiny):
     assert backend.generate([Request(prompt + "more", 2)], parse_stack("none"))[0].reused_tokens == 0
     backend.generate([Request(prompt, 2)], parse_stack("none"))
     assert backend.generate([Request(prompt, 2)], parse_stack("linear"))[0].reused_tokens == 0
+
+
+def test_gpu_peak_is_zero_on_the_cpu():
+    from longreach.measure import peak_gpu
+
+    with peak_gpu("cpu") as peak:
+        torch.ones(1000)
+    assert peak.bytes == 0

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import longreach.cli as cli
 from longreach.runner.sweep import SweepSummary
@@ -214,3 +215,12 @@ def test_the_readme_methods_table_is_the_registry(capsys):
     assert code == 0
     for line in out.strip().splitlines():
         assert line in readme, f"README is missing: {line}"
+
+
+def test_bad_or_missing_device_is_one_line(capsys, tmp_path):
+    base = ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--out", str(tmp_path / "o")]
+    code, _, err = run(base + ["--device", "tpu"], capsys)
+    assert code == 2 and "unknown device 'tpu'; valid: cpu, cuda, cuda:N" in err and err.count("\n") == 1
+    if not torch.cuda.is_available():
+        code, _, err = run(base + ["--device", "cuda"], capsys)
+        assert code == 2 and "torch sees no CUDA GPU here" in err and err.count("\n") == 1

@@ -85,3 +85,9 @@ def test_a_local_hf_directory_loads_with_its_window_and_position_limit(tmp_path,
 def test_bad_dtype_is_refused():
     with pytest.raises(LongreachError, match="unknown dtype 'int3'"):
         load_model("tiny-llama", "int3")
+
+
+def test_device_is_checked_and_recorded():
+    assert load_model("tiny-llama", "fp32", "cpu").device == "cpu"
+    with pytest.raises(LongreachError, match="unknown device 'gpu'"):
+        load_model("tiny-llama", "fp32", "gpu")

@@ -1,4 +1,5 @@
-"""Honest measurements: wall time and the peak resident memory of a block of code.
+"""Honest measurements: wall time, the peak resident memory of a block of code and, on a GPU, the peak memory
+torch allocated there.
 
 Peak RSS uses Linux's resettable high-water mark (``/proc/self/clear_refs`` then ``VmHWM``); where that
 is unavailable it samples RSS from a background thread every few milliseconds (a lower bound).
@@ -70,6 +71,24 @@ def peak_rss() -> Iterator[Peak]:
         stop.set()
         sampler.join()
         peak.bytes = max(peak.bytes, process.memory_info().rss)
+
+
+@contextmanager
+def peak_gpu(device: str) -> Iterator[Peak]:
+    """Peak memory allocated by torch on ``device`` (``cuda[:N]``) during the block; stays 0 on ``cpu``."""
+    peak = Peak()
+    if not device.startswith("cuda"):
+        yield peak
+        return
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield peak
+    finally:
+        torch.cuda.synchronize(device)
+        peak.bytes = torch.cuda.max_memory_allocated(device)
 
 
 class Stopwatch:

@@ -53,6 +53,7 @@ class Generation:
     # cache bytes once a cache method has compressed what it compresses (question-aware: the prompt but its last
     # token; question-agnostic: the context); without a cache method, once the prompt (aware) or context is read
     compressed_kv_bytes: int = 0
+    peak_gpu_mb: float = 0.0  # peak memory allocated on the GPU during the request (0 on the CPU)
 
 
 class Backend(Protocol):

@@ -2,7 +2,8 @@
 
 Each request is prefilled once with ``logits_to_keep=1`` (full logits at 8K tokens x 262K vocab would
 be 8.6 GB), then decoded greedily one token at a time from the KV cache. Per request it records wall,
-prefill and decode seconds, the peak RSS of the process and the physical bytes of the KV cache. A stack with
+prefill and decode seconds, the peak RSS of the process (and on a GPU the peak memory torch allocated there)
+and the physical bytes of the KV cache. A stack with
 a reader method hands the request to the reader, which owns the loop over the input and calls
 :meth:`HFBackend.complete` for the answer.
 
@@ -24,7 +25,7 @@ import torch
 from longreach import tokens
 from longreach.backends.base import Generation, Request, cut_at_stop
 from longreach.errors import LongreachError
-from longreach.measure import peak_rss
+from longreach.measure import peak_gpu, peak_rss
 from longreach.methods import Method, MethodStack
 from longreach.models import LoadedModel, adapter
 
@@ -73,7 +74,15 @@ class HFBackend:
         self._read: _Read | None = None
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
-        return [self._one(request, stack) for request in requests]
+        device = self.loaded.device
+        if device == "cpu":  # torch's default already; the device context would add overhead to every op
+            return [self._one(request, stack) for request in requests]
+        generations = []
+        for request in requests:
+            with torch.device(device), peak_gpu(device) as gpu:  # new tensors (ids, masks, indices) on the GPU
+                generation = self._one(request, stack)
+            generations.append(dataclasses.replace(generation, peak_gpu_mb=gpu.mb))
+        return generations
 
     def _reusable(self, stack: MethodStack, prompt_ids: list[int]) -> tuple[int, Any]:
         """(tokens to skip, cache holding them) from the previous request, or (0, None)."""

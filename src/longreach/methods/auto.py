@@ -89,10 +89,10 @@ def answer_nll(loaded: LoadedModel, stack: MethodStack, prompt: str, answer: str
     """Mean negative log-likelihood per token of ``answer`` following ``prompt`` under ``stack``."""
     prompt_ids = tokens.encode(loaded.tokenizer, prompt)
     answer_ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + answer_ids])
+    ids = torch.tensor([prompt_ids + answer_ids], device=loaded.device)
     with torch.inference_mode(), stack.applied(loaded):
         logits, _ = adapter.forward(loaded.model, ids, logits_to_keep=len(answer_ids) + 1)
-    log_probs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+    log_probs = torch.log_softmax(logits[0, :-1].float(), dim=-1).cpu()
     return -float(log_probs[torch.arange(len(answer_ids)), torch.tensor(answer_ids)].mean())
 
 

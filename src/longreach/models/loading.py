@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ class LoadedModel:
     source: str
     hard_max_length: int | None
     kv_bytes_per_token: int
+    device: str = "cpu"
 
 
 def cache_dir() -> Path:
@@ -229,13 +231,28 @@ def _load_weights(source: Source, dtype: torch.dtype) -> Any:
             ) from None
 
 
-def load_model(name_or_path: str, dtype: str = "bf16") -> LoadedModel:
-    """Load a model by zoo name or local path. ``dtype`` is one of bf16, fp32, fp16."""
+def check_device(device: str) -> None:
+    """Raise a one-line error unless ``device`` is ``cpu`` or an available ``cuda`` / ``cuda:N``."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise LongreachError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise LongreachError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise LongreachError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def load_model(name_or_path: str, dtype: str = "bf16", device: str = "cpu") -> LoadedModel:
+    """Load a model by zoo name or local path. ``dtype`` is one of bf16, fp32, fp16; ``device`` is ``cpu``
+    or ``cuda[:N]`` (weights are loaded on the CPU, then moved)."""
     if dtype not in DTYPES:
         raise LongreachError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    check_device(device)
     source = resolve(name_or_path)
     tokenizer = load_tokenizer(source)
-    model = _load_weights(source, DTYPES[dtype])
+    model = _load_weights(source, DTYPES[dtype]).to(device)
     config = model.config
     return LoadedModel(
         name=name_or_path,
@@ -246,4 +263,5 @@ def load_model(name_or_path: str, dtype: str = "bf16") -> LoadedModel:
         source=source.describe(),
         hard_max_length=adapter.hard_max_length(config),
         kv_bytes_per_token=adapter.kv_bytes_per_token(config, DTYPES[dtype]),
+        device=device,
     )

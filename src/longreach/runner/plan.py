@@ -59,6 +59,7 @@ class SweepConfig:
     samples: int = 1
     seed: int = 0
     dtype: str = "bf16"
+    device: str = "cpu"  # hf: cpu | cuda | cuda:N
     resume: bool = False
     threshold: float = 0.85
     interleave: bool = False  # run every method on a sample before the next sample (fair timing comparisons)
@@ -97,6 +98,8 @@ class Plan:
             raise LongreachError(f"question mode(s) {bad or '(none)'}: valid: {', '.join(QUESTION_MODES)}")
         if not 0.0 < config.threshold <= 1.0:
             raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
+            raise LongreachError(f"unknown device {config.device!r}; valid: cpu, cuda, cuda:N")
         if config.backend not in ("hf", "openai"):
             raise LongreachError(f"unknown backend {config.backend!r}; valid: hf, openai")
         if config.backend == "openai" and not config.base_url:

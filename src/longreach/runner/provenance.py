@@ -15,7 +15,8 @@ import longreach
 
 
 def git_sha() -> str | None:
-    """The commit of the longreach checkout in use (with ``-dirty`` when it has local changes), if any."""
+    """The commit of the longreach checkout in use (with ``-dirty`` when it has local changes), if any; outside a
+    git checkout, ``$LONGREACH_GIT_SHA``."""
     source = Path(longreach.__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -29,8 +30,8 @@ def git_sha() -> str | None:
             timeout=10,
             check=True,
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (a copied tree): the sha it was copied at
+        return os.environ.get("LONGREACH_GIT_SHA")
     return sha + ("-dirty" if dirty else "")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -55,7 +56,7 @@ def run_sweep(
     config: SweepConfig,
     *,
     show_progress: bool = True,
-    loader: Callable[[str, str], LoadedModel] = load_model,
+    loader: Callable[[str, str, str], LoadedModel] = load_model,
     backend_factory: Callable[..., Backend] = HFBackend,
 ) -> SweepSummary:
     """Run every unfinished cell of ``config`` into ``config.out/results.sqlite`` and render the report."""
@@ -86,7 +87,7 @@ def run_sweep(
             else:
                 if backend is None:
                     with console.status(f"loading {config.model} ({config.dtype})"):
-                        loaded = loader(config.model, config.dtype)
+                        loaded = loader(config.model, config.dtype, config.device)
                     _check_capacity(loaded, [cell for cell in todo if not _bounded(stacks[cell.method])])
                     stacks = _resolve_auto(stacks, loaded, store, config, console)
                     backend = backend_factory(loaded, reuse_prefix=config.reuse_prefix)
@@ -104,7 +105,7 @@ def run_sweep(
 
 
 def build_backend(
-    config: SweepConfig, loader: Callable[[str, str], LoadedModel] = load_model
+    config: SweepConfig, loader: Callable[[str, str, str], LoadedModel] = load_model
 ) -> tuple[Backend, dict[str, Any]]:
     """The backend a config asks for and the model facts for provenance (loads weights for ``hf``)."""
     global BACKENDS_BUILT
@@ -128,7 +129,7 @@ def build_backend(
             "dtype": "served",
         }
         return backend, facts
-    loaded = loader(config.model, config.dtype)
+    loaded = loader(config.model, config.dtype, config.device)
     return HFBackend(loaded), _loaded_facts(loaded)
 
 
@@ -207,6 +208,9 @@ def _store_run_meta(store: ResultsStore, config: SweepConfig, facts: dict[str, A
         )
         updates["provenance"]["backend"] = config.backend
         updates["provenance"]["executor"] = config.executor
+        updates["provenance"]["device"] = config.device
+        if config.device.startswith("cuda"):
+            updates["provenance"]["gpu"] = torch.cuda.get_device_name(config.device)
     store.set_meta(**updates)
 
 
@@ -287,6 +291,8 @@ def run_cell(cell: Cell, task: Task, stack: Any, backend: Backend, seed: int) ->
     meta["decode_seconds"] = generation.decode_seconds
     meta["decode_steps"] = generation.decode_steps
     meta["compressed_kv_bytes"] = generation.compressed_kv_bytes
+    if generation.peak_gpu_mb:
+        meta["peak_gpu_mb"] = generation.peak_gpu_mb
     return CellResult(
         cell,
         "ok",
