@@ -96,8 +96,8 @@ def sweep(
         reuse_prefix=reuse,
     )
     start = time.perf_counter()
-    run_sweep(config, show_progress=True)
-    seconds = time.perf_counter() - start
+    ran = run_sweep(config, show_progress=True).ran
+    seconds = time.perf_counter() - start if ran else None  # None: every cell was already stored (a re-read)
     report = json.loads((out / "report.json").read_text())
     target = RESULTS / NAME / name
     target.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ def markdown(summary: dict) -> str:
         cells = [_fmt(passkey[m].get(x)) for x in lengths] + [_fmt(multikey.get(m, {}).get(x)) for x in lengths]
         prefill = timing.get("prefill_median_s", {}).get(m)
         ratio = timing.get("prefill_ratio_vs_none", {}).get(m)
-        cells += [f"{prefill:.1f}" if prefill else "", f"{ratio:.3f}" if ratio else ""]
+        cells += [f"{prefill:.3g}" if prefill else "", f"{ratio:.3f}" if ratio else ""]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     pruned = stages.get("passkey32", {}).get("pruned", {})
     if pruned:
@@ -279,12 +279,22 @@ def markdown(summary: dict) -> str:
             "",
             "Not run at 32K (passkey < 0.5 at 16K): " + ", ".join(f"{m} ({s:.1f})" for m, s in pruned.items()),
         ]
-    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in stages.items())]
+    lines += [
+        "",
+        "Wall time per stage (s): " + ", ".join(f"{k} {_seconds(v)}" for k, v in stages.items()),
+        "",
+        "(-: the stage's cells were all stored before this summary was written, e.g. by a GPU machine; see "
+        "benchmarks/results/README.md for their wall time)",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
+
+
+def _seconds(stage: dict) -> str:
+    return "-" if stage.get("seconds") is None else f"{stage['seconds']:.0f}"
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ def run_stage(name: str) -> dict:
         resume=True,
     )
     start = time.perf_counter()
-    run_sweep(config, show_progress=True)
-    seconds = time.perf_counter() - start
+    ran = run_sweep(config, show_progress=True).ran
+    seconds = time.perf_counter() - start if ran else None  # None: every cell was already stored (a re-read)
     report = json.loads((out / "report.json").read_text())
     target = RESULTS / NAME / name
     target.mkdir(parents=True, exist_ok=True)
@@ -174,9 +174,16 @@ def write(summary: dict, path: Path) -> None:
     lines += [
         "",
         "Wall time per stage (s): "
-        + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in summary["stages"].items() if "seconds" in v),
+        + ", ".join(f"{k} {_seconds(v)}" for k, v in summary["stages"].items() if "seconds" in v),
+        "",
+        "(-: the stage's cells were all stored before this summary was written, e.g. by a GPU machine; see "
+        "benchmarks/results/README.md for their wall time)",
     ]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _seconds(stage: dict) -> str:
+    return "-" if stage.get("seconds") is None else f"{stage['seconds']:.0f}"
 
 
 if __name__ == "__main__":

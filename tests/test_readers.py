@@ -101,9 +101,32 @@ def test_block_retrieval_keeps_positions_inside_the_window_and_decodes(tiny, sum
 
 
 def test_sentence_split_keeps_every_character():
-    text = "First one. Second?  Third!\n\nFourth without end"
+    text = 'First one. Second?  Third!\n\nFourth without end\n{\n"a": "b",\n"c": "d"\n}'
     pieces = split_sentences(text)
-    assert "".join(pieces) == text and len(pieces) == 4
+    assert "".join(pieces) == text
+    assert pieces[3:] == ["Fourth without end\n", "{\n", '"a": "b",\n', '"c": "d"\n', "}"], "lines are units"
+
+
+def test_infiniretri_steps_stay_bounded_on_one_long_line(tiny, monkeypatch):
+    """A haystack without sentence ends (one long line of pairs) is cut into units of at most ``unit`` tokens,
+    so no step reads the whole input at once."""
+    from longreach.methods.readers.infiniretri import InfiniRetri
+
+    context = "pairs: " + ", ".join(f"k{i} = v{i * 7 % 1000}" for i in range(700))
+    question = " Question: what is k5? Answer:"
+    lengths = []
+    original = InfiniRetri._question_attention
+
+    def recording(self, backend, inner, step_ids, offset, width, m):
+        lengths.append(step_ids.shape[1])
+        return original(self, backend, inner, step_ids, offset, width, m)
+
+    monkeypatch.setattr(InfiniRetri, "_question_attention", recording)
+    total = len(tiny.tokenizer(context + question)["input_ids"])
+    request = Request(context + question, 4, (), question_offset=len(context))
+    HFBackend(tiny).generate([request], parse_stack("infiniretri:chunk=256:topk=8:unit=16:sink=16"))
+    assert total > 3000 and len(lengths) > 5
+    assert max(lengths) <= 1 + 16 + 256 + 8 * 16 + 16 + 20, "sink + chunk + retained units + question"
 
 
 def test_readers_refuse_attention_methods():

@@ -201,6 +201,8 @@ class HFBackend:
     ) -> tuple[Generation, Any]:
         """Greedy decoding after a prefill that began at ``start`` (perf_counter) and ended now with ``logits``
         (1, t, vocab) over a cache of ``prompt_tokens`` tokens. Returns the generation and the final cache."""
+        if logits.is_cuda:  # kernels run asynchronously: wait for the prefill before reading the clock
+            torch.cuda.synchronize(logits.device)
         prefill_seconds = time.perf_counter() - start
         kv_bytes = adapter.cache_bytes(cache)
         after_prefill = kv_bytes

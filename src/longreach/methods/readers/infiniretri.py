@@ -2,7 +2,8 @@
 "Infinite Retrieval", arXiv 2502.12962; reference code: PyPI ``infini-retri`` 0.0.3).
 
 Ein legend: h query heads, m question tokens, c context tokens of one step, s sentences.
-The context is split into sentences and grouped into chunks of about ``chunk`` tokens. Step i reads
+The context is split into sentences (cut into pieces of at most ``unit`` tokens, so one long line cannot make
+a step or the retained set unbounded) and grouped into chunks of about ``chunk`` tokens. Step i reads
   [special tokens] + sink sentences + retained sentences + chunk i + question
 and, at layer ``layer``, takes the attention of the question rows over the context columns, summed over
 heads (m, c); a 1-D convolution with ``phrase`` ones smooths it into phrase scores; question tokens are
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from longreach.backends.hf import HFBackend
     from longreach.methods.spec import MethodStack
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 class _Stop(Exception):
@@ -42,7 +43,9 @@ class _Stop(Exception):
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences with the whitespace that follows them, so ``"".join(split_sentences(t)) == t``."""
+    """Sentences with the whitespace that follows them, so ``"".join(split_sentences(t)) == t``. A sentence
+    ends after . ! ? and whitespace, or at a line break (the reference splits at blank lines only; single
+    line breaks also give line-structured haystacks, such as JSON or lists, units to select)."""
     pieces, start = [], 0
     for match in _SENTENCE_END.finditer(text):
         pieces.append(text[start : match.end()])
@@ -61,6 +64,7 @@ class InfiniRetri(ReaderMethod):
     phrase: int = field(default=8, metadata={"help": "smoothing window in tokens (phrase_token_num)"})
     layer: int = field(default=-1, metadata={"help": "selection layer (negative: from the last)"})
     sink: int = field(default=64, metadata={"help": "leading context tokens always kept (instructions)"})
+    unit: int = field(default=128, metadata={"help": "longest selectable unit in tokens (longer sentences split)"})
 
     name: ClassVar[str] = "infiniretri"
     summary: ClassVar[str] = "InfiniRetri: read in chunks, keep the sentences the question attends to"
@@ -68,7 +72,7 @@ class InfiniRetri(ReaderMethod):
     bounded_memory: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        for name in ("chunk", "topk", "phrase"):
+        for name in ("chunk", "topk", "phrase", "unit"):
             require(getattr(self, name) >= 1, f"infiniretri: {name} must be >= 1; got {getattr(self, name)}")
         require(self.sink >= 0, f"infiniretri: sink must be >= 0; got {self.sink}")
 
@@ -77,6 +81,7 @@ class InfiniRetri(ReaderMethod):
         special = tokens.encode(tokenizer, "")
         sentences = split_sentences(request.context)
         ids = tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
+        ids = [s[i : i + self.unit] for s in ids for i in range(0, len(s), self.unit)]  # bounded units
         question = tokenizer(request.question, add_special_tokens=False)["input_ids"]
         sink = _leading(ids, self.sink)
         if sum(map(len, ids)) <= self.chunk + self.topk:  # fits: the plain model reads it
