@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+from longreach.report import render_report
 from longreach.runner import SweepConfig, run_sweep
 from longreach.runner.provenance import environment
 from longreach.tasks import TASKS
@@ -51,7 +52,7 @@ STAGES = {
 }
 
 
-def run_stage(name: str) -> dict:
+def run_stage(name: str, report_only: bool = False) -> dict:
     spec = STAGES[name]
     out = ROOT / spec.get("out", name)
     config = SweepConfig(
@@ -67,7 +68,11 @@ def run_stage(name: str) -> dict:
         resume=True,
     )
     start = time.perf_counter()
-    ran = run_sweep(config, show_progress=True).ran
+    if report_only:  # a stopped run: summarise the cells stored so far
+        render_report(out, threshold=config.threshold)
+        ran = 0
+    else:
+        ran = run_sweep(config, show_progress=True).ran
     seconds = time.perf_counter() - start if ran else None  # None: every cell was already stored (a re-read)
     report = json.loads((out / "report.json").read_text())
     target = RESULTS / NAME / name
@@ -125,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--report-only", action="store_true", help="summarise the stored cells, run none")
     args = parser.parse_args()
     global DEVICE, NAME, ROOT
     if args.device != "cpu":
@@ -136,7 +142,7 @@ def main() -> None:
         if any(task not in TASKS for task in STAGES[name]["tasks"]):
             summary["stages"][name] = {"skipped": f"task {STAGES[name]['tasks'][0]} is not registered"}
         else:
-            summary["stages"][name] = run_stage(name)
+            summary["stages"][name] = run_stage(name, args.report_only)
         if name in ("passkey3", "passkey"):
             summary["passkey_ratios"] = ratios(summary["stages"][name])
         write(summary, path)
