@@ -150,6 +150,7 @@ def main() -> None:
 
 def write(summary: dict, path: Path) -> None:
     summary["provenance"].update(STORE_PROVENANCE)
+    gpu_header = " peak GPU MiB |" if DEVICE != "cpu" else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
     lines = [
@@ -158,19 +159,19 @@ def write(summary: dict, path: Path) -> None:
         "",
         f"Provenance: {json.dumps(summary['provenance'])}",
         "",
-        "| stage | task | method | length | score | samples | median s/sample | peak RSS MiB | peak GPU MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| stage | task | method | length | score | samples | median s/sample | peak RSS MiB |" + gpu_header,
+        "|---|---|---|---|---|---|---|---|" + "---|" * bool(gpu_header),
     ]
     for name, stage in summary["stages"].items():
         if "skipped" in stage:
-            lines.append(f"| {name} | skipped: {stage['skipped']} | | | | | | | |")
+            lines.append(f"| {name} | skipped: {stage['skipped']} | | | | | | |" + " |" * bool(gpu_header))
             continue
         for method, by_length in stage["rows"].items():
             for length, row in sorted(by_length.items(), key=lambda kv: int(kv[0])):
                 lines.append(
                     f"| {name} | {stage['task']} | {method} | {int(length) // 1024}K | {row['score']:.2f} | "
-                    f"{row['n']} | {row['median_seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
-                    f"{row.get('peak_gpu_mb', 0):.0f} |"
+                    f"{row['n']} | {row['median_seconds']:.1f} | {row['peak_rss_mb']:.0f} |"
+                    + (f" {row.get('peak_gpu_mb', 0):.0f} |" if gpu_header else "")
                 )
     if summary.get("passkey_ratios"):
         lines += [
