@@ -80,7 +80,7 @@ def sweep(
     reuse: bool = True,
 ) -> dict:
     out = ROOT / name
-    methods = SHARD(methods)
+    methods = methods[SHARD[0] :: SHARD[1]]
     config = SweepConfig(
         model=MODEL,
         tasks=tasks,
@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: run rows i, i+n, i+2n, ... (processes sharing a GPU)")
     args = parser.parse_args()
     use_device(args.device, args.shard)
+    if "timing" in args.stages.split(",") and SHARD != (0, 1):
+        parser.error("the timing stage compares every row with none: run it without --shard")
     if args.smoke:
         smoke()
     stages = args.stages.split(",")
@@ -185,24 +187,16 @@ def main() -> None:
 DEVICE = "cpu"
 NAME = "context_extension"
 STORE_PROVENANCE: dict = {}  # the provenance the sweeps' stores recorded (where the cells ran)
-
-
-def SHARD(rows: list[str]) -> list[str]:  # noqa: N802 (replaced by use_device)
-    return rows
+SHARD = (0, 1)  # (i, n): this process runs rows i, i + n, i + 2n, ...
 
 
 def use_device(device: str, shard: str) -> None:
     """Point the stores and summary at a GPU run's own names and keep this process's shard of the rows."""
     global DEVICE, NAME, ROOT, SHARD
     index, count = (int(x) for x in shard.split("/"))
-    DEVICE = device
+    DEVICE, SHARD = device, (index, count)
     if device != "cpu":
         NAME, ROOT = "context_extension_cuda", Path("runs/bench-context-cuda")
-
-    def keep(rows: list[str]) -> list[str]:
-        return rows[index::count]
-
-    SHARD = keep
 
 
 def smoke() -> None:

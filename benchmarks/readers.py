@@ -80,6 +80,7 @@ def run_stage(name: str, report_only: bool = False) -> dict:
     for file in ("report.json", "report.md"):
         shutil.copy(out / file, target / file)
     rows = {}
+    peaks = gpu_peaks(out) if DEVICE != "cpu" else {}
     for item in report["summary"]:
         cells = [
             c
@@ -93,7 +94,7 @@ def run_stage(name: str, report_only: bool = False) -> dict:
             "peak_rss_mb": max(c["peak_rss_mb"] for c in cells),
         }
         if DEVICE != "cpu":
-            rows[item["method"]][str(item["context_length"])]["peak_gpu_mb"] = gpu_peaks(out).get(
+            rows[item["method"]][str(item["context_length"])]["peak_gpu_mb"] = peaks.get(
                 (item["method"], item["context_length"], item["task"]), 0.0
             )
     if DEVICE != "cpu":  # the GPU machine's facts, not those of the machine summarising

@@ -231,12 +231,17 @@ def _load_weights(source: Source, dtype: torch.dtype) -> Any:
             ) from None
 
 
+def check_device_name(device: str) -> None:
+    """Raise a one-line error unless ``device`` is spelled ``cpu``, ``cuda`` or ``cuda:N`` (no GPU needed)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise LongreachError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
+
+
 def check_device(device: str) -> None:
     """Raise a one-line error unless ``device`` is ``cpu`` or an available ``cuda`` / ``cuda:N``."""
+    check_device_name(device)
     if device == "cpu":
         return
-    if not re.fullmatch(r"cuda(:\d+)?", device):
-        raise LongreachError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
     if not torch.cuda.is_available():
         raise LongreachError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
     index = int(device.split(":")[1]) if ":" in device else 0

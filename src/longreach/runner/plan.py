@@ -10,7 +10,7 @@ from pathlib import Path
 from longreach.backends.base import QUESTION_MODES
 from longreach.errors import LongreachError
 from longreach.methods import MethodStack, parse_stack
-from longreach.models import DTYPES
+from longreach.models import DTYPES, check_device_name
 from longreach.runner.store import Cell
 from longreach.tasks import ParsedTask, parse_tasks
 
@@ -98,8 +98,7 @@ class Plan:
             raise LongreachError(f"question mode(s) {bad or '(none)'}: valid: {', '.join(QUESTION_MODES)}")
         if not 0.0 < config.threshold <= 1.0:
             raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
-            raise LongreachError(f"unknown device {config.device!r}; valid: cpu, cuda, cuda:N")
+        check_device_name(config.device)
         if config.backend not in ("hf", "openai"):
             raise LongreachError(f"unknown backend {config.backend!r}; valid: hf, openai")
         if config.backend == "openai" and not config.base_url:
