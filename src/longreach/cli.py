@@ -15,13 +15,17 @@ from rich.table import Table
 from typer._click.exceptions import NoArgsIsHelpError
 
 from longreach import params
+from longreach.backends import BACKENDS
 from longreach.errors import LongreachError
-from longreach.methods import METHODS
+from longreach.methods import METHODS, parse_stack
 from longreach.methods.auto import cached_calibration
+from longreach.methods.base import KIND_ORDER
 from longreach.models import ZOO, load_model
 from longreach.report import render_report
-from longreach.runner import SweepConfig, parse_depths, parse_lengths, run_sweep
+from longreach.runner import Grid, RunConfig, parse_depths, parse_lengths, run_sweep
+from longreach.runner.executors import EXECUTORS
 from longreach.runner.export import export_instances
+from longreach.study import load_study, recorded_study, report_study, run_study
 from longreach.tasks import SUITES, TASKS, suite_tasks
 from longreach.weights import codec as weight_codec
 from longreach.weights.model import compress_model
@@ -41,6 +45,8 @@ LENGTHS = typer.Option(..., "--lengths", help="context lengths in tokens, e.g. 1
 DEPTHS = typer.Option("0,0.5,1", "--depths", help="needle depths in [0, 1]")
 SAMPLES = typer.Option(1, "--samples", min=1, help="samples per (task, method, length, depth)")
 SEED = typer.Option(0, "--seed", help="base seed; every sample derives its own RNG from it")
+DTYPE = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16")
+PROMPT = typer.Option("auto", "--prompt", help="auto (the chat template when the model has one) | raw | chat")
 
 
 @app.command("eval")
@@ -53,62 +59,33 @@ def eval_command(
     depths: str = DEPTHS,
     samples: int = SAMPLES,
     method: list[str] = typer.Option(["none"], "--method", help="method stack spec; repeat to compare"),
-    resume: bool = typer.Option(False, "--resume", help="continue a run in --out, skipping finished cells"),
-    seed: int = SEED,
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
+    question_mode: str = typer.Option("aware", "--question-mode", help="aware and/or agnostic, comma-separated"),
+    prompt: str = PROMPT,
+    backend: str = typer.Option("hf", "--backend", help="hf | openai:base_url=URL[:api=chat] | kvpress:... "),
+    executor: str = typer.Option("local", "--executor", help="local[:shard=i/n] | ray[:workers=N:address=A]"),
+    dtype: str = DTYPE,
     device: str = typer.Option("cpu", "--device", help="hf backend: cpu | cuda | cuda:N"),
+    seed: int = SEED,
+    resume: bool = typer.Option(False, "--resume", help="continue a run in --out, skipping finished cells"),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="resume even if code or settings changed"),
+    reuse_prefix: bool = typer.Option(False, "--reuse-prefix", help="continue kept reads where prompts agree"),
+    interleave: bool = typer.Option(False, "--interleave", help="run all methods on a sample back to back"),
     threshold: float = typer.Option(0.85, "--threshold", help="score threshold for effective length"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-    interleave: bool = typer.Option(False, "--interleave", help="run all methods on a sample back to back"),
-    reuse_prefix: bool = typer.Option(
-        False,
-        "--reuse-prefix",
-        help="start from the previous cell's KV cache where prompts agree (faster; prefill times then cover "
-        "only the recomputed part)",
-    ),
-    backend: str = typer.Option("hf", "--backend", help="hf (local, applies methods) | openai (a server)"),
-    base_url: str = typer.Option("", "--base-url", help="openai: the server, e.g. http://127.0.0.1:8000/v1"),
-    api: str = typer.Option("completions", "--api", help="openai: completions | chat"),
-    tokenizer: str = typer.Option("", "--tokenizer", help="openai: local tokenizer if the server has no tokenize"),
-    concurrency: int = typer.Option(4, "--concurrency", help="openai: requests in flight"),
-    timeout: float = typer.Option(600.0, "--timeout", help="openai: seconds per request"),
-    executor: str = typer.Option("local", "--executor", help="local | ray"),
-    ray_address: str = typer.Option("", "--ray-address", help="ray: an existing cluster (default: a local one)"),
-    workers: int = typer.Option(0, "--workers", help="ray: actors, each loading the model once (0: one per CPU)"),
-    question_mode: str = typer.Option(
-        "aware",
-        "--question-mode",
-        help="aware (a cache method compresses after reading the question) and/or agnostic (the context is "
-        "compressed first, then the question is read), comma-separated",
-    ),
 ) -> int:
-    """Run a sweep (tasks x methods x lengths x depths x samples) and write the report."""
-    config = SweepConfig(
-        model=model,
-        tasks=_tasks(task, suite),
-        lengths=parse_lengths(lengths),
-        out=out_dir,
-        methods=tuple(method),
-        depths=parse_depths(depths),
-        samples=samples,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-        resume=resume,
-        threshold=threshold,
-        interleave=interleave,
-        reuse_prefix=reuse_prefix,
-        backend=backend,
-        base_url=base_url,
-        api=api,
-        tokenizer=tokenizer,
-        concurrency=concurrency,
-        timeout=timeout,
-        executor=executor,
-        ray_address=ray_address,
-        workers=workers,
-        question_modes=tuple(m.strip() for m in question_mode.split(",")),
+    """Run a grid (tasks x methods x lengths x depths x samples x question modes) and write the report."""
+    grid = Grid(
+        _tasks(task, suite),
+        parse_lengths(lengths),
+        tuple(method),
+        parse_depths(depths),
+        samples,
+        tuple(m.strip() for m in question_mode.split(",")),
     )
+    config = RunConfig(
+        grid, out_dir, model, dtype, device, seed, backend, executor, prompt, reuse_prefix, interleave, resume,
+        resume_anyway, threshold,
+    )  # fmt: skip
     try:
         summary = run_sweep(config, show_progress=not quiet)
     except KeyboardInterrupt:
@@ -122,11 +99,59 @@ def eval_command(
 
 @app.command("report")
 def report_command(
-    folder: Path = typer.Argument(..., help="an output folder of `longreach eval`"),
+    folders: list[Path] = typer.Argument(..., help="output folders of `longreach eval` (several are merged)"),
+    out_dir: Path | None = typer.Option(None, "--out", help="where to write (default: the run, or merged_A+B)"),
+    baseline: str | None = typer.Option(None, "--baseline", help="a method spec every row is compared with"),
     threshold: float | None = typer.Option(None, "--threshold", help="default: the run's threshold"),
 ) -> int:
-    """Re-render report.json / .md / .html and the figures from a results store."""
-    path = render_report(folder, threshold=threshold)
+    """Re-render the report from one or more results stores (merged), with 95% intervals and baseline ratios."""
+    if out_dir is None and len(folders) > 1:
+        out_dir = folders[0].parent / ("merged_" + "+".join(f.name for f in folders))
+    path = render_report(folders, out=out_dir, threshold=threshold, baseline=_canonical(baseline))
+    out.print(path.with_name("report.md").read_text().split("## Figures")[0].rstrip())
+    out.print(f"report: {path.resolve()}")
+    return 0
+
+
+study_app = typer.Typer(no_args_is_help=True, help="Studies: sweeps as data (studies/*.yaml).")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run_command(
+    file: Path = typer.Argument(..., help="a study file, e.g. studies/kv_cache.yaml"),
+    out_dir: Path = typer.Option(..., "--out", help="the study's folder (one store per stage; resumable)"),
+    stages: str = typer.Option("", "--stages", help="comma-separated stage names (default: all, in order)"),
+    executor: str = typer.Option("local", "--executor", help="local[:shard=i/n] | ray[:workers=N]"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    wait: float = typer.Option(3600.0, "--wait", help="seconds to wait for a pruning stage's source to finish"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> int:
+    """Run a study's stages (resumable; prune rules applied), then write its merged report."""
+    study = load_study(file)
+    names = [s.strip() for s in stages.split(",") if s.strip()] or None
+    outcomes = run_study(
+        study, out_dir, stages=names, executor=executor, device=device, show_progress=not quiet, wait=wait
+    )
+    for outcome in outcomes:
+        pruned = f", pruned {', '.join(outcome.pruned)}" if outcome.pruned else ""
+        out.print(f"{outcome.name}: {outcome.summary.ran} cells run, {outcome.summary.failed} failed{pruned}")
+    path = report_study(study, out_dir)
+    out.print(f"report: {path.resolve()}")
+    return 1 if any(o.summary.failed for o in outcomes) else 0
+
+
+@study_app.command("report")
+def study_report_command(
+    folder: Path = typer.Argument(..., help="a study's folder (the --out of `study run`)"),
+    file: Path | None = typer.Option(None, "--study", help="the study file (default: the one recorded)"),
+    out_dir: Path | None = typer.Option(None, "--out", help="where to write (default: the study's folder)"),
+    baseline: str | None = typer.Option(None, "--baseline", help="default: the study's baseline"),
+) -> int:
+    """Merge every stage of a study into one report."""
+    study = load_study(file) if file is not None else recorded_study(folder)
+    path = report_study(study, folder, report_out=out_dir, baseline=_canonical(baseline))
+    out.print(path.with_name("report.md").read_text().split("## Figures")[0].rstrip())
     out.print(f"report: {path.resolve()}")
     return 0
 
@@ -143,16 +168,8 @@ def generate_command(
     seed: int = SEED,
 ) -> int:
     """Write the instances an eval with the same flags would run (one JSON object a line)."""
-    config = SweepConfig(
-        model=model,
-        tasks=_tasks(task, suite),
-        lengths=parse_lengths(lengths),
-        out=out_file.parent,
-        depths=parse_depths(depths),
-        samples=samples,
-        seed=seed,
-    )
-    count = export_instances(config, out_file)
+    grid = Grid(_tasks(task, suite), parse_lengths(lengths), depths=parse_depths(depths), samples=samples)
+    count = export_instances(RunConfig(grid, out_file.parent, model, seed=seed), out_file)
     out.print(f"{count} instances written to {out_file}")
     return 0
 
@@ -237,7 +254,7 @@ def models_command() -> int:
 def method_rows() -> list[list[str]]:
     """One row per registered method: name, kind, description [paper], parameters with defaults."""
     rows = []
-    for name, cls in METHODS.items():
+    for name, cls in sorted(METHODS.items(), key=lambda item: KIND_ORDER.index(item[1].kind)):
         fields = ", ".join(f"{n}={d}" for n, d, _ in params.describe_fields(cls)) or "-"
         rows.append([name, cls.kind, cls.summary + (f" [{cls.paper}]" if cls.paper else ""), fields])
     return rows
@@ -257,6 +274,18 @@ def methods_command(
     table = Table(*header)
     for row in method_rows():
         table.add_row(*row)
+    out.print(table)
+    return 0
+
+
+@app.command("backends")
+def backends_command() -> int:
+    """List the registered backends and executors and their options (``--backend``, ``--executor``)."""
+    table = Table("kind", "name", "description", "options (default)")
+    for kind, registry in (("backend", BACKENDS), ("executor", EXECUTORS)):
+        for name, cls in registry.items():
+            options = ", ".join(f"{n}={d}" for n, d, _ in params.describe_fields(cls)) or "-"
+            table.add_row(kind, name, cls.summary, options)
     out.print(table)
     return 0
 
@@ -282,6 +311,11 @@ def _tasks(task: str, suite: str) -> tuple[str, ...]:
         raise LongreachError("give --task (e.g. passkey) or --suite (e.g. ruler-lite); see `longreach tasks`")
     specs = [s.strip() for s in task.split(",") if s.strip()]
     return tuple(dict.fromkeys(specs + (list(suite_tasks(suite)) if suite.strip() else [])))
+
+
+def _canonical(spec: str | None) -> str | None:
+    """A method spec as results store it (``yarn:factor=4.0`` -> ``yarn:factor=4``)."""
+    return None if spec is None else parse_stack(spec).repr
 
 
 def _fail(message: str) -> None:

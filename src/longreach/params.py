@@ -8,6 +8,7 @@ its own values in ``__post_init__`` and raises :class:`LongreachError` with the 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -18,12 +19,20 @@ from longreach.registry import did_you_mean
 D = TypeVar("D")
 
 
+# A colon starts a new argument only where ``key=`` follows it, so values may hold colons themselves
+# (``openai:base_url=http://127.0.0.1:8000/v1:api=chat``); the first argument may be a bare value.
+_ARGUMENT_START = re.compile(r":(?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
 def split_spec(spec: str) -> tuple[str, list[str]]:
-    """``"yarn:factor=4:beta_fast=32"`` -> ``("yarn", ["factor=4", "beta_fast=32"])``."""
-    name, *args = spec.strip().split(":")
+    """``"yarn:factor=4:beta_fast=32"`` -> ``("yarn", ["factor=4", "beta_fast=32"])``; a colon inside a value
+    (``base_url=http://host:8000/v1``) does not split."""
+    name, _, rest = spec.strip().partition(":")
     if not name:
         raise LongreachError(f"empty name in spec {spec!r}")
-    return name, args
+    if not rest:
+        return name, []
+    return name, _ARGUMENT_START.split(rest)
 
 
 def parse_values(cls: type, name: str, args: list[str]) -> dict[str, Any]:
@@ -108,14 +117,15 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def canonical(name: str, obj: Any, defaults: dict[str, Any] | None = None) -> str:
+def canonical(name: str, obj: Any, defaults: dict[str, Any] | None = None, skip: tuple[str, ...] = ()) -> str:
     """``name`` plus ``:key=value`` for every field that differs from its default, in field order.
 
-    ``defaults`` (a variant's knobs) override the dataclass defaults for this comparison.
+    ``defaults`` (a variant's knobs) override the dataclass defaults for this comparison; ``skip`` names fields
+    left out.
     """
     parts = [name]
     for f in dataclasses.fields(obj):
-        if not f.init:
+        if not f.init or f.name in skip:
             continue
         value = getattr(obj, f.name)
         if defaults and f.name in defaults:

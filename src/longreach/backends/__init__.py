@@ -1,6 +1,23 @@
-"""Backends run requests: ``hf`` (local transformers, applies methods)."""
+"""Backends run requests: a registry of typed specs (``hf``, ``openai``, ``kvpress``) and the one factory."""
 
-from longreach.backends.base import Backend, Generation, Request
-from longreach.backends.hf import HFBackend
+from longreach.backends.base import (
+    BACKENDS,
+    Backend,
+    BackendSpec,
+    ModelSettings,
+    Preparation,
+    build_backend,
+    parse_backend,
+    register_backend,
+)
 
-__all__ = ["Backend", "Generation", "HFBackend", "Request"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendSpec",
+    "ModelSettings",
+    "Preparation",
+    "build_backend",
+    "parse_backend",
+    "register_backend",
+]

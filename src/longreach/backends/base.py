@@ -1,70 +1,102 @@
-"""What every backend takes and returns: text requests in, generations with their costs out."""
+"""Backends run requests. Each is a typed spec registered in :data:`BACKENDS` (``hf``, ``openai:base_url=...``,
+``kvpress:python=...``), built by the one factory :func:`build_backend` that every executor uses, so a local run and
+a Ray worker get the same backend doing the same checks.
+
+A built backend answers ``generate(requests, stack)`` with generations and their costs, exposes the ``tokenizer``
+that makes lengths exact, says what model it runs (``facts``) and, in ``prepare``, refuses what it cannot run at
+all (a stack it cannot apply, a length beyond what the model can hold) and resolves ``auto`` stacks once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
+from longreach import params
+from longreach.generation import Generation, Request
 from longreach.methods import MethodStack
-
-QuestionMode = Literal["aware", "agnostic"]
-QUESTION_MODES: tuple[QuestionMode, ...] = ("aware", "agnostic")
+from longreach.registry import Registry
 
 
 @dataclass(frozen=True)
-class Request:
-    """One greedy generation: continue ``prompt`` for at most ``max_new_tokens``, stopping at ``stop``.
+class ModelSettings:
+    """What model a backend runs and how: the ``--model``, ``--dtype``, ``--device`` and ``--reuse-prefix`` of a run."""
 
-    ``question_offset`` is the character offset where the question begins in ``prompt`` (the context is
-    ``prompt[:question_offset]``). ``mode`` says when a cache method compresses: ``aware`` after the whole
-    prompt but its last token is read (the question is seen), ``agnostic`` after the context alone (the
-    compressed context then serves any question). Without a cache method both read the same tokens.
-    """
-
-    prompt: str
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
-    question_offset: int | None = None  # where the question starts in ``prompt`` (None: not split)
-    mode: QuestionMode = "aware"
-
-    @property
-    def context(self) -> str:
-        return self.prompt if self.question_offset is None else self.prompt[: self.question_offset]
-
-    @property
-    def question(self) -> str:
-        return "" if self.question_offset is None else self.prompt[self.question_offset :]
+    model: str
+    dtype: str = "bf16"
+    device: str = "cpu"
+    reuse_prefix: bool = False
+    seed: int = 0
 
 
 @dataclass(frozen=True)
-class Generation:
-    """The continuation and what it cost. ``kv_cache_bytes`` is physical (tensor storage), not logical."""
+class Preparation:
+    """What ``prepare`` settled: each stack's resolved form (``auto`` calibrated) and the calibrations made."""
 
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-    prefill_seconds: float
-    peak_rss_mb: float
-    kv_cache_bytes: int
-    reused_tokens: int = 0  # prompt tokens taken from a previous request's cache instead of recomputed
-    decode_seconds: float = 0.0  # the single-token steps after the first new token
-    decode_steps: int = 0  # how many single-token forwards those were
-    # cache bytes once a cache method has compressed what it compresses (question-aware: the prompt but its last
-    # token; question-agnostic: the context); without a cache method, once the prompt (aware) or context is read
-    compressed_kv_bytes: int = 0
-    peak_gpu_mb: float = 0.0  # peak memory allocated on the GPU during the request (0 on the CPU)
+    stacks: dict[str, MethodStack]
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend(Protocol):
+    """A built backend."""
+
     tokenizer: Any
+    concurrency: int  # requests worth having in flight at once (1 for a local model)
+
+    def facts(self) -> dict[str, Any]:
+        """The model this backend runs, for provenance: name, source, weights, native window, dtype, device."""
+        ...
+
+    def prepare(self, stacks: list[MethodStack], longest: int) -> Preparation:
+        """Refuse (LongreachError, with the reason) what cannot run at all; resolve ``auto`` stacks."""
+        ...
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]: ...
 
 
-def cut_at_stop(text: str, stops: tuple[str, ...]) -> str | None:
-    """``text`` up to the first stop string that follows some non-blank output; None if none occurs."""
-    start = len(text) - len(text.lstrip())
-    cuts = [text.find(stop, start) for stop in stops]
-    cuts = [c for c in cuts if c > start]
-    return text[: min(cuts)] if cuts else None
+@dataclass(frozen=True)
+class BackendSpec:
+    """Base class of backend specs: the fields are the backend's typed options (from ``name:key=value``)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def load_tokenizer(self, settings: ModelSettings) -> Any:
+        """The tokenizer that counts prompt tokens as this backend's model does (cheap: no weights)."""
+        raise NotImplementedError
+
+    def build(self, settings: ModelSettings) -> Backend:
+        """The backend, ready to run (loads the model where there is one)."""
+        raise NotImplementedError
+
+    @property
+    def repr(self) -> str:
+        """Canonical spec (only non-default options)."""
+        return params.canonical(self.name, self)
+
+    transport: ClassVar[tuple[str, ...]] = ()  # options that change how requests travel, not what they measure
+
+    def identity(self) -> str:
+        """The spec without its transport options: what a resumed run must keep."""
+        return params.canonical(self.name, self, skip=self.transport)
+
+
+BACKENDS: Registry[type[BackendSpec]] = Registry("backend", packages=("longreach.backends",))
+
+
+def register_backend(cls: type[BackendSpec]) -> type[BackendSpec]:
+    """Class decorator: add a backend spec to :data:`BACKENDS` under its ``name``."""
+    BACKENDS.add(cls.name, cls)
+    return cls
+
+
+def parse_backend(spec: str) -> BackendSpec:
+    """``"openai:base_url=http://127.0.0.1:8000/v1:api=chat"`` -> a validated backend spec."""
+    name, args = params.split_spec(spec)
+    return params.build(BACKENDS.get(name), name, args)
+
+
+def build_backend(spec: BackendSpec | str, settings: ModelSettings) -> Backend:
+    """The one backend factory: every executor (local, Ray workers) builds its backend here."""
+    parsed = parse_backend(spec) if isinstance(spec, str) else spec
+    return parsed.build(settings)

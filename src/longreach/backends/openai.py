@@ -1,9 +1,15 @@
 """The ``openai`` backend: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, ...), over plain HTTP.
 
-``api="completions"`` sends the prompt as is to ``/v1/completions`` (what the tasks are written for: the
-prompt ends in the answer prefix); ``api="chat"`` sends it as one user message to ``/v1/chat/completions``
-(the server applies its chat template, so the length is exact for the raw prompt only). Decoding is greedy
-(temperature 0). At most ``concurrency`` requests are in flight; each has a ``timeout``; 429, 5xx answers,
+Spec: ``openai:base_url=http://127.0.0.1:8000/v1[:api=chat][:tokenizer=NAME][:concurrency=4][:timeout=600]
+[:retries=4][:api_key=KEY]``; ``--model`` names the served model.
+
+``api="completions"`` sends the prompt text as is to ``/v1/completions`` (raw or already chat-templated: the
+prompt ends in the answer prefix). ``api="chat"`` sends a chat-formatted prompt (``--prompt chat``) as messages
+to ``/v1/chat/completions``: the user turn, and the answer prefix as the start of the assistant turn with
+``continue_final_message`` (vLLM's and SGLang's extension), so the server's template rebuilds exactly the prompt
+the tokens were counted on; the server's ``usage.prompt_tokens`` is checked against that count by the runner,
+and a server whose template differs fails the cell saying so. Decoding is greedy (temperature 0).
+At most ``concurrency`` requests are in flight; each has a ``timeout``; 429, 5xx answers,
 timeouts and refused connections are retried ``retries`` times with exponential backoff. When a server
 stays unreachable, :class:`BackendUnavailable` stops the sweep (finished cells are already stored, and
 ``--resume`` finishes it); a request the server rejects (another 4xx) fails only its own cell.
@@ -24,11 +30,14 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
-from longreach.backends.base import Generation, Request, cut_at_stop
+from longreach.backends.base import BackendSpec, ModelSettings, Preparation, register_backend
 from longreach.errors import LongreachError
+from longreach.generation import Generation, Request, cut_at_stop
 from longreach.methods import MethodStack
+from longreach.models import ZOO, load_tokenizer, resolve
 
 Api = Literal["completions", "chat"]
 
@@ -154,6 +163,23 @@ class OpenAIBackend:
         self.model, self.api, self.concurrency = model, api, concurrency
         self.tokenizer = tokenizer if tokenizer is not None else RemoteTokenizer(self.client, model)
 
+    def facts(self) -> dict[str, Any]:
+        zoo = ZOO.get(self.model)
+        return {
+            "model": self.model,
+            "model_source": f"{self.client.base_url} ({self.api})",
+            "weights": "served (not visible from here)",
+            "native_context_length": zoo.native_context_length if zoo else None,
+            "dtype": "served",
+            "device": "server",
+        }
+
+    def prepare(self, stacks: list[MethodStack], longest: int) -> Preparation:
+        for stack in stacks:
+            if stack.repr != "none":
+                raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")
+        return Preparation({stack.repr: stack for stack in stacks})
+
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
         if stack.repr != "none":
             raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")
@@ -174,7 +200,7 @@ class OpenAIBackend:
         if self.api == "completions":
             body["prompt"] = request.prompt
         else:
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+            body.update(_chat_body(request))
         start = time.perf_counter()
         answer = self.client.post(f"{self.client.base_url}/{self.api.replace('chat', 'chat/completions')}", body)
         seconds = time.perf_counter() - start
@@ -192,4 +218,68 @@ class OpenAIBackend:
             prefill_seconds=seconds,
             peak_rss_mb=0.0,
             kv_cache_bytes=0,
+        )
+
+
+def _chat_body(request: Request) -> dict[str, Any]:
+    """The chat API's messages for a chat-formatted request: the user turn, and the answer prefix as the open start
+    of the assistant turn (continue_final_message) so the server's template ends where the counted prompt ends."""
+    if request.chat is None:
+        raise RequestRejected(
+            "openai:api=chat sends chat messages; run with --prompt chat (or auto with a chat-template tokenizer): "
+            "this prompt is raw"
+        )
+    user, answer_prefix = request.chat
+    if not answer_prefix:
+        return {"messages": [{"role": "user", "content": user}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer_prefix}],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+
+
+@register_backend
+@dataclass(frozen=True)
+class OpenAISpec(BackendSpec):
+    """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp, ``longreach serve``)."""
+
+    base_url: str = field(default="", metadata={"help": "the server, e.g. http://127.0.0.1:8000/v1"})
+    api: Api = field(default="completions", metadata={"help": "completions | chat"})
+    tokenizer: str = field(default="", metadata={"help": "a local tokenizer when the server has no tokenize endpoint"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight"})
+    timeout: float = field(default=600.0, metadata={"help": "seconds per request"})
+    retries: int = field(default=4, metadata={"help": "retries on 429 / 5xx / no answer, exponential backoff"})
+    api_key: str = field(default="", metadata={"help": "sent as a Bearer token"})
+
+    name: ClassVar[str] = "openai"
+    summary: ClassVar[str] = "any OpenAI-compatible server; lengths exact through its tokenizer; no methods"
+    transport: ClassVar[tuple[str, ...]] = ("concurrency", "timeout", "retries", "api_key")
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise LongreachError(
+                f"openai: base_url must start with http:// or https://; got {self.base_url!r} "
+                "(e.g. --backend openai:base_url=http://127.0.0.1:8000/v1)"
+            )
+        if self.concurrency < 1 or self.retries < 0 or self.timeout <= 0:
+            raise LongreachError(
+                f"openai: need concurrency >= 1, retries >= 0 and timeout > 0; got {self.concurrency}, "
+                f"{self.retries}, {self.timeout}"
+            )
+
+    def load_tokenizer(self, settings: ModelSettings) -> Any:
+        return self.build(settings).tokenizer
+
+    def build(self, settings: ModelSettings) -> OpenAIBackend:
+        local = load_tokenizer(resolve(self.tokenizer)) if self.tokenizer else None
+        return OpenAIBackend(
+            self.base_url,
+            settings.model,
+            api=self.api,
+            tokenizer=local,
+            concurrency=self.concurrency,
+            timeout=self.timeout,
+            retries=self.retries,
+            api_key=self.api_key,
         )

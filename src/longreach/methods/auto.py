@@ -22,7 +22,7 @@ import torch
 
 from longreach import tokens
 from longreach.methods.base import KIND_ORDER, Kind, Method
-from longreach.methods.spec import MethodStack, parse_stack
+from longreach.methods.spec import MethodStack, parse_stack, register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 CALIBRATION_DEPTHS = (0.25, 0.75)
 
 
+@register
 @dataclass(frozen=True)
 class Auto(Method):
     """Reads with the method :func:`calibrate` picks for ``target`` (see the module docstring)."""
@@ -39,6 +40,7 @@ class Auto(Method):
     target: int = field(default=0, metadata={"help": "the length to read, in tokens"})
 
     name: ClassVar[str] = "auto"
+    reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "position"
     summary: ClassVar[str] = "calibrate on the model and pick the extension method for a target length"
     example: ClassVar[str] = "auto:target=4096"
@@ -111,7 +113,7 @@ def calibrate(loaded: LoadedModel, target: int, seed: int = 0) -> Calibration:
 
 def cached_calibration(loaded: LoadedModel, target: int, seed: int = 0) -> Calibration:
     """:func:`calibrate`, remembered on disk per (model source, dtype, target, seed)."""
-    from longreach.models.loading import cache_dir
+    from longreach.models import cache_dir
 
     key = hashlib.sha256(f"{loaded.source}|{loaded.dtype}|{target}|{seed}|v1".encode()).hexdigest()[:16]
     path = cache_dir() / "calibration" / f"{key}.json"

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from longreach.models import LoadedModel
 
 Kind = Literal["none", "position", "attention", "cache", "reader"]
-Phase = Literal["prefill", "decode", "both"]
 
 # The order in which a stack applies its methods: positions first (they define what attention sees),
 # the reader last (it owns the loop over the input and calls everything else).
@@ -28,17 +27,19 @@ class Method:
     """Base class. Subclasses are frozen dataclasses whose fields are the method's parameters.
 
     Class attributes a subclass sets: ``name`` (registry name), ``kind``, ``summary`` (one line for
-    ``longreach methods``), ``paper`` (citation), ``needs_attention_probs`` and ``phase``.
-    Validation goes in ``__post_init__`` and raises :class:`longreach.errors.LongreachError`.
+    ``longreach methods``), ``paper`` (citation), ``example`` (a spec that engages the method on tiny-llama) and
+    the capability ``reads_length``: the method's computation depends on the total length of the sequence
+    read (dynamic NTK's base, SelfExtend's group size, MoA's windows), so the engine continues a kept cache
+    only into a read of the same length. Validation goes in ``__post_init__`` and raises
+    :class:`longreach.errors.LongreachError`. A method registers itself with :func:`longreach.methods.spec.register`.
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[Kind] = "none"
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    example: ClassVar[str] = ""  # a spec that runs on tiny-llama, when the bare name needs parameters
-    needs_attention_probs: ClassVar[bool] = False
-    phase: ClassVar[Phase] = "both"
+    example: ClassVar[str] = ""  # a spec that engages the method on tiny-llama (default: the bare name)
+    reads_length: ClassVar[bool] = False
 
     def conflict_with(self, other: Method) -> str | None:
         """Why this method cannot run together with ``other`` in one stack, or None when it can."""

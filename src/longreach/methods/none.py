@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from longreach.methods.base import Kind, Method
+from longreach.methods.spec import register
 
 
+@register
 @dataclass(frozen=True)
 class NoMethod(Method):
     """The model as loaded: no position rescaling, full attention, full KV cache."""

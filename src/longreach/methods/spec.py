@@ -20,7 +20,13 @@ from longreach.registry import Registry
 if TYPE_CHECKING:
     from longreach.models import LoadedModel
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", packages=("longreach.methods",))
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to :data:`METHODS` under its ``name`` (where it is defined)."""
+    METHODS.add(cls.name, cls)
+    return cls
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,9 @@ class MethodStack:
         return MethodStack(tuple(m for m in self.methods if m.kind != kind))
 
     @property
-    def needs_attention_probs(self) -> bool:
-        return any(m.needs_attention_probs for m in self.methods)
+    def reads_length(self) -> bool:
+        """Whether any method's computation depends on the total length read (see :class:`Method`)."""
+        return any(m.reads_length for m in self.methods)
 
     @contextlib.contextmanager
     def applied(self, loaded: LoadedModel) -> Iterator[None]:

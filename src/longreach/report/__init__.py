@@ -1,4 +1,5 @@
-"""Reports from a results store: report.json / .md / .html and PNG figures."""
+"""Reports from one or more results stores: report.json / .md / .html and PNG figures, with 95% intervals and
+ratios to a baseline row."""
 
 from longreach.report.render import render_report
 

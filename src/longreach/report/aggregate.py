@@ -1,86 +1,106 @@
-"""From stored cells to the numbers people read: mean score per (task, method, length[, depth]) and the
-effective context length.
+"""From stored cells to the numbers people read: every declared metric aggregated per (task, row, length) with its
+interval, ratios to a baseline row, and the effective context length.
 
-Effective length follows RULER (Hsieh et al. 2024): the longest tested length whose mean score is at or
-above the threshold, with every shorter tested length also at or above it (null when the shortest fails).
+A *row* is what a line of a table compares: the method stack, labelled with the backend, the question mode and
+the prompt format where they are not the defaults. Effective length follows RULER (Hsieh et al. 2024): the longest
+tested length whose mean score is at least the threshold, with every shorter tested length also at least it.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from longreach.report.stats import Estimate, estimate
+from longreach.results import AXIS, METRICS
+
+Key = tuple[str, str, int]  # (task, row, context_length)
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """How a cell's method reads in reports: its spec, marked with a non-default backend, question mode or prompt."""
+    label = row["method"]
+    if row.get("backend", "hf") != AXIS["backend"].default:
+        label += f" @{row['backend']}"
+    if row.get("mode", "aware") != AXIS["mode"].default:
+        label += f" [question-{row['mode']}]"
+    if row.get("prompt", "raw") != AXIS["prompt"].default:
+        label += f" [{row['prompt']}]"
+    if row.get("label"):  # a run that asked to be kept apart when runs merge (a study's timing stage)
+        label += f" ({row['label']})"
+    return label
+
 
 @dataclass(frozen=True)
-class Point:
-    """Mean score (and costs) of the ``ok`` cells at one coordinate."""
+class Group:
+    """The ``ok`` cells at one (task, row, length): each declared metric's estimate."""
 
-    score: float
-    n: int
-    seconds: float
-    prefill_seconds: float
-    peak_rss_mb: float
-    kv_cache_bytes: float
-    random_baseline: float | None = None  # mean expected score of a guess, from the samples' meta
+    task: str
+    row: str
+    method: str
+    context_length: int
+    metrics: dict[str, Estimate]
 
-
-def method_label(row: dict[str, Any]) -> str:
-    """How a cell's method reads in reports: its spec, marked when the question came after compression."""
-    mode = row.get("mode", "aware")
-    return row["method"] if mode == "aware" else f"{row['method']} [question-{mode}]"
+    @property
+    def score(self) -> Estimate:
+        return self.metrics["score"]
 
 
-def _point(rows: list[dict[str, Any]]) -> Point:
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in rows)
-
-    return Point(
-        score=statistics.fmean(r["score"] for r in rows),
-        n=len(rows),
-        seconds=median("seconds"),
-        prefill_seconds=median("prefill_seconds"),
-        peak_rss_mb=max(r["peak_rss_mb"] for r in rows),
-        kv_cache_bytes=median("kv_cache_bytes"),
-        random_baseline=_baseline(rows),
-    )
-
-
-def _baseline(rows: list[dict[str, Any]]) -> float | None:
-    values = [r["meta"]["random_baseline"] for r in rows if (r.get("meta") or {}).get("random_baseline") is not None]
-    return statistics.fmean(values) if values else None
-
-
-def by_length(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], Point]:
-    """(task, method, context_length) -> Point over depths and samples."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+def groups(rows: list[dict[str, Any]]) -> dict[Key, Group]:
+    """(task, row label, length) -> :class:`Group` over depths and samples."""
+    cells: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["status"] == "ok":
-            groups[(row["task"], row["method"], row["context_length"])].append(row)
-    return {key: _point(group) for key, group in sorted(groups.items())}
+            cells[(row["task"], row_label(row), row["context_length"])].append(row)
+    result = {}
+    for key, members in sorted(cells.items()):
+        metrics = {}
+        for metric in METRICS:
+            values = [float(r[metric.name]) for r in members if r.get(metric.name) is not None]
+            if values:
+                metrics[metric.name] = estimate(values, metric.aggregation, metric.interval)
+        result[key] = Group(key[0], key[1], members[0]["method"], key[2], metrics)
+    return result
 
 
 def by_depth(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int, float | None], float]:
-    """(task, method, context_length, depth) -> mean score over samples."""
-    groups: dict[tuple[str, str, int, float | None], list[float]] = defaultdict(list)
+    """(task, row label, length, depth) -> mean score over samples."""
+    scores: dict[tuple[str, str, int, float | None], list[float]] = defaultdict(list)
     for row in rows:
         if row["status"] == "ok":
-            groups[(row["task"], row["method"], row["context_length"], row["depth"])].append(row["score"])
-    return {key: statistics.fmean(scores) for key, scores in groups.items()}
+            scores[(row["task"], row_label(row), row["context_length"], row["depth"])].append(row["score"])
+    return {key: sum(values) / len(values) for key, values in scores.items()}
 
 
-def effective_length(points: dict[tuple[str, str, int], Point], threshold: float) -> dict[str, dict[str, int | None]]:
-    """method -> task -> effective length in tokens (None when even the shortest length is below)."""
+def effective_length(points: dict[Key, Group], threshold: float) -> dict[str, dict[str, int | None]]:
+    """row -> task -> effective length in tokens (None when even the shortest length is below)."""
     curves: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    for (task, method, length), point in points.items():
-        curves[(method, task)].append((length, point.score))
+    for (task, row, length), group in points.items():
+        curves[(row, task)].append((length, group.score.value))
     result: dict[str, dict[str, int | None]] = defaultdict(dict)
-    for (method, task), curve in sorted(curves.items()):
+    for (row, task), curve in sorted(curves.items()):
         best = None
         for length, score in sorted(curve):
             if score < threshold:
                 break
             best = length
-        result[method][task] = best
+        result[row][task] = best
     return dict(result)
+
+
+def baseline_ratios(points: dict[Key, Group], baseline: str) -> dict[Key, dict[str, float]]:
+    """(task, row, length) -> metric -> the row's aggregate over the baseline row's at the same task and length (the
+    baseline row is the one whose method is ``baseline`` with the same backend/mode/prompt marks)."""
+    ratios: dict[Key, dict[str, float]] = {}
+    for (task, row, length), group in points.items():
+        marks = row[len(group.method) :]
+        reference = points.get((task, baseline + marks, length))
+        if reference is None:
+            continue
+        ratios[(task, row, length)] = {
+            name: estimate.value / reference.metrics[name].value
+            for name, estimate in group.metrics.items()
+            if name in reference.metrics and reference.metrics[name].value not in (0, 0.0)
+        }
+    return ratios

@@ -10,8 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from longreach.report.aggregate import Point  # noqa: E402
-
 
 def slug(text: str) -> str:
     """A file-name-safe version of a task or method spec."""
@@ -50,15 +48,14 @@ def heatmap(
 
 
 def curves(
-    points: dict[tuple[str, str, int], Point], task: str, native: int | None, threshold: float, path: Path
+    lines: dict[str, list[tuple[int, float]]], task: str, native: int | None, threshold: float, path: Path
 ) -> Path:
-    """Mean score vs length, one line per method, with the threshold and the native window marked."""
+    """Mean score vs length, one line per row (``lines``: row -> [(length, score)]), with the threshold and the
+    native window marked."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    methods = sorted({method for (t, method, _) in points if t == task})
-    for method in methods:
-        line = sorted((length, p.score) for (t, m, length), p in points.items() if t == task and m == method)
-        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method)
-    lengths = sorted({length for (t, _, length) in points if t == task})
+    for row, line in lines.items():
+        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=row)
+    lengths = sorted({x for line in lines.values() for x, _ in line})
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
     ax.minorticks_off()

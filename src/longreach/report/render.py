@@ -1,8 +1,7 @@
-"""Write the report files of an output folder from its results store.
-
-``report.json`` (stable schema: provenance, cells, effective_length, plus summary and failed_cells),
-``report.md``, a self-contained ``report.html`` (figures embedded as data URIs) and the PNG figures.
-The markdown and HTML are rendered from the same tables.
+"""Write the report files from one or more results stores (runs merged): ``report.json`` (the declared schema,
+every provenance, cells, aggregates with 95% intervals, baseline ratios, effective length, failed cells),
+``report.md``, a self-contained ``report.html`` (figures embedded) and the PNG figures. The markdown and HTML are
+rendered from the same tables, whose columns come from the declared metrics.
 """
 
 from __future__ import annotations
@@ -10,33 +9,17 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from longreach.report import plots
-from longreach.report.aggregate import Point, by_depth, by_length, effective_length, method_label
-from longreach.runner.store import ResultsStore
+from longreach.report.aggregate import Group, Key, baseline_ratios, by_depth, effective_length, groups, row_label
+from longreach.results import AXES, METRIC, METRICS, ResultsStore
 
-SCHEMA_VERSION = 1
-_CELL_FIELDS = (
-    "task",
-    "method",
-    "context_length",
-    "depth",
-    "index",
-    "mode",
-    "score",
-    "seconds",
-    "prefill_seconds",
-    "peak_rss_mb",
-    "kv_cache_bytes",
-    "realized_tokens",
-    "realized_depth",
-    "new_tokens",
-    "prediction",
-    "answers",
-)
+SCHEMA_VERSION = 2
+COST_METRICS = ("seconds", "prefill_seconds", "decode_tok_s", "peak_rss_mb", "peak_gpu_mb", "kv_cache_bytes")
 
 
 @dataclass(frozen=True)
@@ -47,144 +30,218 @@ class Table:
     note: str = ""
 
 
-def render_report(folder: Path, threshold: float | None = None) -> Path:
-    """Render every report file in ``folder`` from its store; returns the path of report.html."""
-    folder = Path(folder)
-    with ResultsStore.existing(folder) as store:
-        meta = store.meta()
-        rows = [{**row, "method": method_label(row)} for row in store.rows()]
-    threshold = threshold if threshold is not None else meta.get("threshold", 0.85)
-    provenance = meta.get("provenance", {})
-    native = provenance.get("native_context_length")
-    points = by_length(rows)
+@dataclass(frozen=True)
+class Runs:
+    """The cells, provenances and run-level facts of one or more stores."""
+
+    rows: list[dict[str, Any]]
+    provenance: dict[str, dict[str, Any]]
+    threshold: float
+    calibration: dict[str, Any]
+    names: list[str]
+
+
+def read_runs(folders: list[Path]) -> Runs:
+    """Every cell of every store; provenance ids become ``run:id`` when several runs merge."""
+    rows, provenance, calibration, thresholds = [], {}, {}, []
+    names = [Path(f).name or str(f) for f in folders]
+    for folder, name in zip(folders, names, strict=True):
+        prefix = f"{name}:" if len(folders) > 1 else ""
+        with ResultsStore.existing(Path(folder)) as store:
+            meta = store.meta()
+            thresholds.append(meta.get("threshold", 0.85))
+            calibration.update(meta.get("calibration", {}))
+            provenance.update({f"{prefix}{i}": p for i, p in store.provenances().items()})
+            for row in store.rows():
+                row["provenance_id"] = None if row["provenance_id"] is None else f"{prefix}{row['provenance_id']}"
+                row["run"] = name
+                row["label"] = meta.get("label", "")
+                rows.append(row)
+    return Runs(rows, provenance, thresholds[0], calibration, names)
+
+
+def render_report(
+    folders: Path | list[Path],
+    out: Path | None = None,
+    threshold: float | None = None,
+    baseline: str | None = None,
+    preface: list[Table] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Render every report file into ``out`` (default: the one run's folder) from the runs' stores; returns the
+    path of report.html. ``baseline``: a method spec whose rows every other row is divided by; ``preface``: tables
+    shown first (a study's stage table); ``extra``: entries added to report.json."""
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    out = Path(out) if out is not None else folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    runs = read_runs(folders)
+    threshold = threshold if threshold is not None else runs.threshold
+    native = next(
+        (p.get("native_context_length") for p in runs.provenance.values() if p.get("native_context_length")), None
+    )
+    points = groups(runs.rows)
     effective = effective_length(points, threshold)
-    figures = _figures(folder, rows, points, native, threshold)
-    document = _json_document(provenance, threshold, native, rows, points, effective, figures)
-    document["calibration"] = meta.get("calibration", {})
-    (folder / "report.json").write_text(json.dumps(document, indent=1))
-    tables = _tables(points, effective, rows, native, threshold)
-    if document["calibration"]:
-        tables.insert(
-            0,
-            Table(
-                "Calibrated methods (auto: lowest passkey answer NLL at the target length)",
-                ["spec", "resolved to", "candidates (answer NLL)"],
-                [
-                    [
-                        spec,
-                        c["resolved"],
-                        ", ".join(f"{k} {v:.3f}" for k, v in sorted(c["nll"].items(), key=lambda kv: kv[1])),
-                    ]
-                    for spec, c in document["calibration"].items()
-                ],
-            ),
-        )
-    (folder / "report.md").write_text(_markdown(provenance, tables, figures, folder))
-    html_path = folder / "report.html"
-    html_path.write_text(_html(provenance, tables, figures, folder))
+    ratios = baseline_ratios(points, baseline) if baseline else {}
+    figures = _figures(out, runs.rows, points, native, threshold)
+    document = _json_document(runs, threshold, native, points, effective, ratios, baseline, figures)
+    document.update(extra or {})
+    (out / "report.json").write_text(json.dumps(document, indent=1))
+    tables = (preface or []) + _tables(runs, points, effective, ratios, baseline, native, threshold)
+    (out / "report.md").write_text(_markdown(runs, tables, figures))
+    html_path = out / "report.html"
+    html_path.write_text(_html(runs, tables, figures, out))
     return html_path
 
 
 def _figures(
-    folder: Path,
-    rows: list[dict[str, Any]],
-    points: dict[tuple[str, str, int], Point],
-    native: int | None,
-    threshold: float,
+    out: Path, rows: list[dict[str, Any]], points: dict[Key, Group], native: int | None, threshold: float
 ) -> dict[str, list[str]]:
     depth_scores = by_depth(rows)
     figures: dict[str, list[str]] = {"heatmaps": [], "curves": []}
-    pairs = sorted({(task, method) for (task, method, _, _) in depth_scores})
-    for task, method in pairs:
-        scores = {(length, depth): s for (t, m, length, depth), s in depth_scores.items() if (t, m) == (task, method)}
-        path = folder / f"heatmap_{plots.slug(task)}__{plots.slug(method)}.png"
-        figures["heatmaps"].append(plots.heatmap(scores, task, method, native, path).name)
+    for task, row in sorted({(task, row) for (task, row, _, _) in depth_scores}):
+        scores = {(length, depth): s for (t, r, length, depth), s in depth_scores.items() if (t, r) == (task, row)}
+        path = out / f"heatmap_{plots.slug(task)}__{plots.slug(row)}.png"
+        figures["heatmaps"].append(plots.heatmap(scores, task, row, native, path).name)
     for task in sorted({task for (task, _, _) in points}):
-        path = folder / f"curve_{plots.slug(task)}.png"
-        figures["curves"].append(plots.curves(points, task, native, threshold, path).name)
+        lines = {
+            row: sorted(
+                (length, group.score.value) for (t, r, length), group in points.items() if t == task and r == row
+            )
+            for row in sorted({r for (t, r, _) in points if t == task})
+        }
+        path = out / f"curve_{plots.slug(task)}.png"
+        figures["curves"].append(plots.curves(lines, task, native, threshold, path).name)
     return figures
 
 
+def _estimate_dict(group: Group) -> dict[str, Any]:
+    return {name: asdict(estimate) for name, estimate in group.metrics.items()}
+
+
 def _json_document(
-    provenance: dict[str, Any],
+    runs: Runs,
     threshold: float,
     native: int | None,
-    rows: list[dict[str, Any]],
-    points: dict[tuple[str, str, int], Point],
+    points: dict[Key, Group],
     effective: dict[str, dict[str, int | None]],
+    ratios: dict[Key, dict[str, float]],
+    baseline: str | None,
     figures: dict[str, list[str]],
 ) -> dict[str, Any]:
-    def beyond(length: int) -> bool:
-        return bool(native) and length > native
-
+    fields = [axis.name for axis in AXES] + [metric.name for metric in METRICS]
     cells = [
-        {**{k: row[k] for k in _CELL_FIELDS}, "beyond_native_window": beyond(row["context_length"])}
-        for row in rows
+        {
+            **{name: row.get(name) for name in fields},
+            "row": row_label(row),
+            "prediction": row["prediction"],
+            "answers": row["answers"],
+            "provenance_id": row["provenance_id"],
+            "run": row["run"],
+            "beyond_native_window": bool(native) and row["context_length"] > native,
+        }
+        for row in runs.rows
         if row["status"] == "ok"
     ]
     failed = [
-        {k: row[k] for k in ("task", "method", "context_length", "depth", "index", "error")}
-        for row in rows
+        {**{axis.name: row[axis.name] for axis in AXES}, "error": row["error"], "run": row["run"]}
+        for row in runs.rows
         if row["status"] == "error"
     ]
     summary = [
-        {"task": t, "method": m, "context_length": length, **asdict(p), "beyond_native_window": beyond(length)}
-        for (t, m, length), p in points.items()
+        {
+            "task": task,
+            "row": row,
+            "method": group.method,
+            "context_length": length,
+            "metrics": _estimate_dict(group),
+            "ratio_to_baseline": ratios.get((task, row, length)),
+            "beyond_native_window": bool(native) and length > native,
+        }
+        for (task, row, length), group in points.items()
     ]
     return {
         "schema_version": SCHEMA_VERSION,
-        "provenance": provenance,
+        "schema": {
+            "axes": [{"name": a.name, "doc": a.doc} for a in AXES],
+            "metrics": [asdict(m) for m in METRICS],
+        },
+        "runs": runs.names,
+        "provenance": runs.provenance,
         "threshold": threshold,
         "native_context_length": native,
+        "baseline": baseline,
         "cells": cells,
-        "effective_length": effective,
         "summary": summary,
+        "effective_length": effective,
         "failed_cells": failed,
+        "calibration": runs.calibration,
         "figures": figures,
     }
 
 
+def _length_labels(lengths: list[int], native: int | None) -> dict[int, str]:
+    return {x: plots.tokens_label(x) + ("*" if native and x > native else "") for x in lengths}
+
+
+def _metric_text(name: str, value: float) -> str:
+    if name == "kv_cache_bytes" or name == "compressed_kv_bytes":
+        return f"{value / 2**20:.1f}"
+    return f"{value:.0f}" if name in ("peak_rss_mb", "peak_gpu_mb") else f"{value:.2f}"
+
+
 def _tables(
-    points: dict[tuple[str, str, int], Point],
+    runs: Runs,
+    points: dict[Key, Group],
     effective: dict[str, dict[str, int | None]],
-    rows: list[dict[str, Any]],
+    ratios: dict[Key, dict[str, float]],
+    baseline: str | None,
     native: int | None,
     threshold: float,
 ) -> list[Table]:
     lengths = sorted({length for (_, _, length) in points})
-    label = {x: plots.tokens_label(x) + ("*" if native and x > native else "") for x in lengths}
-    scores = Table(
-        "Mean score by length",
-        ["task", "method"] + [label[x] for x in lengths] + ["random baseline"],
-        [
-            [task, method]
-            + [f"{points[(task, method, x)].score:.2f}" if (task, method, x) in points else "" for x in lengths]
-            + [_baseline_text([p for (t, m, _), p in points.items() if (t, m) == (task, method)])]
-            for task, method in sorted({(t, m) for (t, m, _) in points})
-        ],
-        "random baseline: the expected score of a guess (each family states its guess), mean over the cells"
-        + ("; * beyond the model's native window" if any("*" in v for v in label.values()) else ""),
+    label = _length_labels(lengths, native)
+    pairs = sorted({(t, r) for (t, r, _) in points})
+    tables = []
+    if runs.calibration:
+        tables.append(_calibration_table(runs.calibration))
+    tables.append(
+        Table(
+            "Mean score by length [95% Wilson interval]",
+            ["task", "method"] + [label[x] for x in lengths] + ["n", "random baseline"],
+            [
+                [task, row]
+                + [points[(task, row, x)].score.text() if (task, row, x) in points else "" for x in lengths]
+                + [str(max(points[(task, row, x)].score.n for x in lengths if (task, row, x) in points))]
+                + [_baseline_text([g for (t, r, _), g in points.items() if (t, r) == (task, row)])]
+                for task, row in pairs
+            ],
+            "n: cells per length (depths x samples); random baseline: the expected score of a guess (each family "
+            "states its guess)"
+            + ("; * beyond the model's native window" if any("*" in v for v in label.values()) else ""),
+        )
     )
     tasks = sorted({t for (t, _, _) in points})
-    eff = Table(
-        f"Effective context length (score >= {threshold:g} at this and every shorter length)",
-        ["method"] + tasks,
-        [[method] + [_tokens_or_dash(effective[method].get(t)) for t in tasks] for method in sorted(effective)],
+    tables.append(
+        Table(
+            f"Effective context length (score >= {threshold:g} at this and every shorter length)",
+            ["method"] + tasks,
+            [[row] + [_tokens_or_dash(effective[row].get(t)) for t in tasks] for row in sorted(effective)],
+        )
     )
-    costs = Table(
-        "Cost per cell (medians; peak RSS is the maximum)",
-        ["method", "length", "cells", "seconds", "prefill s", "peak RSS MiB", "KV cache MiB"],
-        _cost_rows(points),
-    )
-    tables = [scores, eff, costs]
-    failed = [r for r in rows if r["status"] == "error"]
+    tables.append(_cost_table(points, label))
+    if baseline:
+        tables.append(_ratio_table(points, ratios, baseline, label))
+    mix = _provenance_mix(runs)
+    if mix is not None:
+        tables.append(mix)
+    failed = [r for r in runs.rows if r["status"] == "error"]
     if failed:
         tables.append(
             Table(
                 f"Failed cells ({len(failed)}; rerun with --resume to retry)",
                 ["task", "method", "length", "depth", "index", "error"],
                 [
-                    [r["task"], r["method"], str(r["context_length"]), str(r["depth"]), str(r["index"]), r["error"]]
+                    [r["task"], row_label(r), str(r["context_length"]), str(r["depth"]), str(r["index"]), r["error"]]
                     for r in failed
                 ],
             )
@@ -192,29 +249,87 @@ def _tables(
     return tables
 
 
-def _cost_rows(points: dict[tuple[str, str, int], Point]) -> list[list[str]]:
-    merged: dict[tuple[str, int], list[Point]] = {}
-    for (_, method, length), point in points.items():
-        merged.setdefault((method, length), []).append(point)
+def _cost_table(points: dict[Key, Group], label: dict[int, str]) -> Table:
+    """Costs per (row, length), over tasks: medians [95% bootstrap interval] of times, maxima of memory."""
+    merged: dict[tuple[str, int], list[Group]] = {}
+    for (_, row, length), group in points.items():
+        merged.setdefault((row, length), []).append(group)
+    present = [m for m in COST_METRICS if any(m in g.metrics for gs in merged.values() for g in gs)]
+    header = ["method", "length", "cells"] + [f"{m} ({_unit(m)})" for m in present]
     rows = []
-    for (method, length), group in sorted(merged.items()):
-        n = sum(p.n for p in group)
-        rows.append(
-            [
-                method,
-                plots.tokens_label(length),
-                str(n),
-                f"{max(p.seconds for p in group):.2f}",
-                f"{max(p.prefill_seconds for p in group):.2f}",
-                f"{max(p.peak_rss_mb for p in group):.0f}",
-                f"{max(p.kv_cache_bytes for p in group) / 2**20:.1f}",
-            ]
-        )
-    return rows
+    for (row, length), members in sorted(merged.items()):
+        cells = [row, label[length], str(sum(g.score.n for g in members))]
+        for name in present:
+            estimates = [g.metrics[name] for g in members if name in g.metrics]
+            if not estimates:
+                cells.append("-")
+                continue
+            worst = max(estimates, key=lambda e: e.value)
+            digits = 2 if METRIC[name].interval == "bootstrap" else 0
+            if METRIC[name].interval == "bootstrap":
+                cells.append(worst.text(digits))
+            else:
+                cells.append(_metric_text(name, worst.value))
+        rows.append(cells)
+    return Table(
+        "Cost per cell (medians [95% bootstrap interval] of times; peak memory is the maximum; the slowest task)",
+        header,
+        rows,
+        "KV cache: physical bytes of the cache tensors (MiB); peak RSS: the process's resident high-water mark",
+    )
 
 
-def _baseline_text(points: list[Point]) -> str:
-    values = [p.random_baseline for p in points if p.random_baseline is not None]
+def _unit(name: str) -> str:
+    return "MiB" if name in ("kv_cache_bytes", "compressed_kv_bytes") else METRIC[name].unit
+
+
+def _ratio_table(
+    points: dict[Key, Group], ratios: dict[Key, dict[str, float]], baseline: str, label: dict[int, str]
+) -> Table:
+    shown = ("score", "seconds", "prefill_seconds", "peak_rss_mb", "kv_cache_bytes")
+    rows = [
+        [task, row, label[length]] + [f"{ratios[(task, row, length)].get(m, float('nan')):.3f}" for m in shown]
+        for (task, row, length) in sorted(ratios)
+        if points[(task, row, length)].method != baseline
+    ]
+    return Table(
+        f"Ratio to the baseline row ({baseline}) at the same task and length",
+        ["task", "method", "length"] + [f"{m} / baseline" for m in shown],
+        rows,
+        "each ratio divides the row's aggregate (mean score, median times, max memory) by the baseline's",
+    )
+
+
+def _provenance_mix(runs: Runs) -> Table | None:
+    """A table of the code versions the cells ran under, when there is more than one."""
+    counts = Counter(r["provenance_id"] for r in runs.rows if r["status"] == "ok")
+    versions: Counter[tuple[str, str]] = Counter()
+    for identifier, count in counts.items():
+        p = runs.provenance.get(identifier, {}) if identifier is not None else {}
+        versions[(str(p.get("git_sha")), str(p.get("source_hash", "unrecorded")))] += count
+    if len(versions) <= 1:
+        return None
+    return Table(
+        f"Provenance: the cells ran under {len(versions)} code versions",
+        ["git sha", "source hash", "cells"],
+        [[sha, source, str(n)] for (sha, source), n in versions.most_common()],
+        "a resumed run mixed code versions (--resume-anyway); each cell's provenance is in report.json",
+    )
+
+
+def _calibration_table(calibration: dict[str, Any]) -> Table:
+    return Table(
+        "Calibrated methods (auto: lowest passkey answer NLL at the target length)",
+        ["spec", "resolved to", "candidates (answer NLL)"],
+        [
+            [spec, c["resolved"], ", ".join(f"{k} {v:.3f}" for k, v in sorted(c["nll"].items(), key=lambda kv: kv[1]))]
+            for spec, c in calibration.items()
+        ],
+    )
+
+
+def _baseline_text(members: list[Group]) -> str:
+    values = [g.metrics["random_baseline"].value for g in members if "random_baseline" in g.metrics]
     if not values:
         return "-"
     mean = sum(values) / len(values)
@@ -225,24 +340,33 @@ def _tokens_or_dash(value: int | None) -> str:
     return "-" if value is None else f"{plots.tokens_label(value)} ({value})"
 
 
-def _provenance_line(provenance: dict[str, Any]) -> str:
+def _provenance_line(runs: Runs) -> str:
+    """The provenance shared by the cells (the first record's; a mix gets its own table)."""
+    if not runs.provenance:
+        return ""
+    first = runs.provenance[min(runs.provenance)]
     keys = (
         "model",
+        "weights",
         "native_context_length",
         "dtype",
-        "seed",
+        "device",
+        "prompt_format",
         "longreach_version",
         "git_sha",
         "torch_version",
         "transformers_version",
         "machine",
+        "cpu_flags",
         "created_at",
     )
-    return "; ".join(f"{k}: {provenance[k]}" for k in keys if k in provenance)
+    seed = (first.get("settings") or {}).get("seed", first.get("seed"))
+    line = "; ".join(f"{k}: {first[k]}" for k in keys if first.get(k) is not None)
+    return line + (f"; seed: {seed}" if seed is not None else "")
 
 
-def _markdown(provenance: dict[str, Any], tables: list[Table], figures: dict[str, list[str]], folder: Path) -> str:
-    lines = ["# longreach report", "", _provenance_line(provenance), ""]
+def _markdown(runs: Runs, tables: list[Table], figures: dict[str, list[str]]) -> str:
+    lines = ["# longreach report", "", _provenance_line(runs), ""]
     for table in tables:
         lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
@@ -251,7 +375,7 @@ def _markdown(provenance: dict[str, Any], tables: list[Table], figures: dict[str
     return "\n".join(lines) + "\n"
 
 
-def _html(provenance: dict[str, Any], tables: list[Table], figures: dict[str, list[str]], folder: Path) -> str:
+def _html(runs: Runs, tables: list[Table], figures: dict[str, list[str]], out: Path) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>longreach report</title><style>",
@@ -260,7 +384,7 @@ def _html(provenance: dict[str, Any], tables: list[Table], figures: dict[str, li
         "td:first-child,th:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:.5em}"
         ".prov{color:#555;font-size:.9em}",
         "</style></head><body><h1>longreach report</h1>",
-        f"<p class='prov'>{esc(_provenance_line(provenance))}</p>",
+        f"<p class='prov'>{esc(_provenance_line(runs))}</p>",
     ]
     for table in tables:
         parts.append(f"<h2>{esc(table.title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.header))
@@ -269,7 +393,7 @@ def _html(provenance: dict[str, Any], tables: list[Table], figures: dict[str, li
     parts.append("<h2>Figures</h2>")
     for kind in ("curves", "heatmaps"):
         for name in figures[kind]:
-            data = base64.b64encode((folder / name).read_bytes()).decode()
+            data = base64.b64encode((out / name).read_bytes()).decode()
             parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)

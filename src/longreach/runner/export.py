@@ -12,18 +12,17 @@ import os
 from pathlib import Path
 
 from longreach.errors import LongreachError
-from longreach.models import load_tokenizer, resolve
-from longreach.runner.plan import Plan, SweepConfig
+from longreach.runner.plan import Plan, RunConfig
 
 CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
 
 
-def export_instances(config: SweepConfig, path: Path) -> int:
+def export_instances(config: RunConfig, path: Path) -> int:
     """Write every (task, length, depth, index) instance of ``config`` to ``path``; returns the count."""
     plan = Plan.from_config(config)
-    tokenizer = load_tokenizer(resolve(config.model))
+    tokenizer = config.backend_spec().load_tokenizer(config.model_settings())
     tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
-    cells = [cell for cell in plan.cells() if cell.method == plan.stacks[0].repr]
+    cells = [cell for cell in plan.cells("raw") if cell.method == plan.stacks[0].repr]
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", encoding="utf-8") as handle:

@@ -1,17 +1,25 @@
-"""A sweep's configuration and its cells: tasks x methods x lengths x depths x samples."""
+"""A run's configuration and its cells: tasks x methods x lengths x depths x samples x question modes.
+
+:class:`Grid` is what to measure, :class:`RunConfig` how and where (model settings, backend and executor specs,
+prompt format, output folder, resume policy). :class:`Plan` validates everything that needs no I/O and spans the
+cells.
+"""
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from longreach.backends.base import QUESTION_MODES
+from longreach.backends import BackendSpec, ModelSettings, parse_backend
 from longreach.errors import LongreachError
+from longreach.generation import QUESTION_MODES
 from longreach.methods import MethodStack, parse_stack
 from longreach.models import DTYPES, check_device_name
-from longreach.runner.store import Cell
+from longreach.prompts import PROMPT_CHOICES
+from longreach.results import Cell
 from longreach.tasks import ParsedTask, parse_tasks
 
 _LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
@@ -47,34 +55,54 @@ def parse_depths(text: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """Everything a sweep needs; flat, so it round-trips through the CLI and the store."""
+class Grid:
+    """What to measure."""
 
-    model: str
     tasks: tuple[str, ...]
     lengths: tuple[int, ...]
-    out: Path
     methods: tuple[str, ...] = ("none",)
     depths: tuple[float, ...] = (0.5,)
     samples: int = 1
-    seed: int = 0
+    question_modes: tuple[str, ...] = ("aware",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How and where to measure a grid. Flat and picklable: executors send it to their workers."""
+
+    grid: Grid
+    out: Path
+    model: str
     dtype: str = "bf16"
-    device: str = "cpu"  # hf: cpu | cuda | cuda:N
+    device: str = "cpu"  # where the hf backend runs: cpu | cuda | cuda:N
+    seed: int = 0
+    backend: str = "hf"  # a backend spec (see longreach.backends)
+    executor: str = "local"  # an executor spec (see longreach.runner.executors)
+    prompt: str = "auto"  # auto | raw | chat
+    reuse_prefix: bool = False  # continue kept reads where prompts agree (faster; prefill covers the rest only)
+    interleave: bool = False  # every method on a sample before the next sample (fair timing comparisons)
     resume: bool = False
+    resume_anyway: bool = False  # resume even when code or settings changed (each cell keeps its provenance)
     threshold: float = 0.85
-    interleave: bool = False  # run every method on a sample before the next sample (fair timing comparisons)
-    reuse_prefix: bool = False  # start each prefill from the previous cell's cache where prompts agree
-    backend: str = "hf"  # hf | openai
-    base_url: str = ""  # openai: the server, e.g. http://127.0.0.1:8000/v1
-    api: str = "completions"  # openai: completions | chat
-    tokenizer: str = ""  # openai: a local tokenizer (zoo name, HF dir, .gguf) instead of the server's endpoint
-    concurrency: int = 4  # openai: requests in flight
-    timeout: float = 600.0  # openai: seconds per request
-    retries: int = 4  # openai: retries of a request on 429 / 5xx / no answer, with exponential backoff
-    executor: str = "local"  # local | ray
-    ray_address: str = ""  # ray: an existing cluster (default: start a local one)
-    workers: int = 0  # ray: actors (0: one per CPU of the cluster)
-    question_modes: tuple[str, ...] = ("aware",)  # aware | agnostic: question read before / after compression
+
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(self.model, self.dtype, self.device, self.reuse_prefix, self.seed)
+
+    def backend_spec(self) -> BackendSpec:
+        return parse_backend(self.backend)
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the stored one (the grid may grow; the report threshold may change)."""
+        return {
+            "model": self.model,
+            "dtype": self.dtype,
+            "device": self.device,
+            "seed": self.seed,
+            "backend": self.backend_spec().identity(),
+            "prompt": self.prompt,
+            "reuse_prefix": self.reuse_prefix,
+            "interleave": self.interleave,
+        }
 
 
 @dataclass(frozen=True)
@@ -83,51 +111,45 @@ class Plan:
 
     tasks: list[ParsedTask]
     stacks: list[MethodStack]
-    config: SweepConfig
+    config: RunConfig
+    backend: str = field(default="hf")
 
     @classmethod
-    def from_config(cls, config: SweepConfig) -> Plan:
-        if config.samples < 1:
-            raise LongreachError(f"--samples must be >= 1; got {config.samples}")
-        if not config.lengths:
+    def from_config(cls, config: RunConfig) -> Plan:
+        grid = config.grid
+        if grid.samples < 1:
+            raise LongreachError(f"--samples must be >= 1; got {grid.samples}")
+        if not grid.lengths:
             raise LongreachError("give at least one length, e.g. --lengths 1k,2k")
         if config.dtype not in DTYPES:
             raise LongreachError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
-        bad = [m for m in config.question_modes if m not in QUESTION_MODES]
-        if bad or not config.question_modes:
+        bad = [m for m in grid.question_modes if m not in QUESTION_MODES]
+        if bad or not grid.question_modes:
             raise LongreachError(f"question mode(s) {bad or '(none)'}: valid: {', '.join(QUESTION_MODES)}")
         if not 0.0 < config.threshold <= 1.0:
             raise LongreachError(f"threshold must be in (0, 1]; got {config.threshold}")
+        if config.prompt not in PROMPT_CHOICES:
+            raise LongreachError(f"unknown prompt format {config.prompt!r}; valid: {', '.join(PROMPT_CHOICES)}")
         check_device_name(config.device)
-        if config.backend not in ("hf", "openai"):
-            raise LongreachError(f"unknown backend {config.backend!r}; valid: hf, openai")
-        if config.backend == "openai" and not config.base_url:
-            raise LongreachError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
-        if config.api not in ("completions", "chat"):
-            raise LongreachError(f"unknown api {config.api!r}; valid: completions, chat")
-        if config.executor not in ("local", "ray"):
-            raise LongreachError(f"unknown executor {config.executor!r}; valid: local, ray")
-        if config.concurrency < 1 or config.workers < 0:
-            raise LongreachError(
-                f"concurrency must be >= 1 and workers >= 0; got {config.concurrency}, {config.workers}"
-            )
-        tasks = parse_tasks(",".join(config.tasks))
-        stacks = list({stack.repr: stack for stack in map(parse_stack, config.methods)}.values())
-        return cls(tasks=tasks, stacks=stacks, config=config)
+        backend = config.backend_spec()
+        tasks = parse_tasks(",".join(grid.tasks))
+        stacks = list({stack.repr: stack for stack in map(parse_stack, grid.methods)}.values())
+        return cls(tasks=tasks, stacks=stacks, config=config, backend=backend.name)
 
-    def cells(self) -> list[Cell]:
-        """Every cell, grouped by method, then task, length, depth and sample index (and question mode); with
-        ``interleave``, grouped by task, length, sample and mode, every method back to back (so drift hits all
-        methods alike, and methods compressing the same read can share it: see HFBackend's reuse_prefix)."""
-        c = self.config
+    def cells(self, prompt: str) -> list[Cell]:
+        """Every cell (``prompt``: the resolved format), grouped by method, then task, length, depth and sample
+        index (and question mode); with ``interleave``, grouped by task, length, sample and mode, every method back
+        to back (so drift hits all methods alike, and methods compressing the same read can share it)."""
+        grid = self.config.grid
         cells = []
         for stack, parsed in itertools.product(self.stacks, self.tasks):
-            depths: tuple[float | None, ...] = c.depths if parsed.task.uses_depth else (None,)
+            depths: tuple[float | None, ...] = grid.depths if parsed.task.uses_depth else (None,)
             available = parsed.task.num_instances()
-            samples = c.samples if available is None else min(c.samples, available)
-            for length, depth, index, mode in itertools.product(c.lengths, depths, range(samples), c.question_modes):
-                cells.append(Cell(parsed.spec, stack.repr, length, depth, index, mode))
-        if c.interleave:
+            samples = grid.samples if available is None else min(grid.samples, available)
+            coordinates = itertools.product(grid.lengths, depths, range(samples), grid.question_modes)
+            for length, depth, index, mode in coordinates:
+                cells.append(Cell(parsed.spec, stack.repr, length, depth, index, mode, self.backend, prompt))
+        if self.config.interleave:
             position = {stack.repr: i for i, stack in enumerate(self.stacks)}
             order = {parsed.spec: i for i, parsed in enumerate(self.tasks)}
             cells.sort(
@@ -136,7 +158,7 @@ class Plan:
                     cell.context_length,
                     cell.index,
                     cell.depth or 0.0,
-                    c.question_modes.index(cell.mode),
+                    grid.question_modes.index(cell.mode),
                     position[cell.method],
                 )
             )

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from longreach.errors import LongreachError
+from longreach.models import ModelSource, adapter, load_model, quiet_transformers, register_source
 from longreach.weights import codec, fileformat
 
 WEIGHTS_FILE = "model.df11"
@@ -58,8 +59,6 @@ def compress_model(
     max_code_length: int = codec.DEFAULT_MAX_CODE_LENGTH,
 ) -> CompressionSummary:
     """Load a model as bfloat16 and write its DFloat11 folder to ``out`` (created; must not hold a model)."""
-    from longreach.models import load_model
-
     codec.check_params(block_size, max_code_length)
     _check_new_folder(Path(out))
     return write_compressed(load_model(name_or_path, "bf16"), Path(out), block_size, max_code_length)
@@ -100,8 +99,6 @@ def load_compressed(folder: Path, dtype: torch.dtype) -> Any:
     """The model in a DFloat11 folder, decoded bit-exactly (then cast when ``dtype`` is not bfloat16)."""
     from transformers import AutoConfig
 
-    from longreach.models import adapter
-
     file = fileformat.CompressedFile(folder / WEIGHTS_FILE)
     tensors = file.tensors()
     extra = file.metadata.get(BUFFERS_KEY, [])
@@ -114,3 +111,39 @@ def load_compressed(folder: Path, dtype: torch.dtype) -> Any:
         owner, _, attribute = name.rpartition(".")
         model.get_submodule(owner).register_buffer(attribute, tensors[name], persistent=False)
     return model
+
+
+@register_source
+@dataclass(frozen=True)
+class DF11Source(ModelSource):
+    """A folder written by ``longreach compress-weights``: config, tokenizer and ``model.df11`` (registered with
+    the model sources through the ``longreach.model_sources`` entry point: models never import this package)."""
+
+    kind: ClassVar[str] = "df11"
+    priority: ClassVar[int] = 10  # the folder also holds a config.json
+
+    def __post_init__(self) -> None:
+        if not self.path or not self.recognises(Path(self.path).expanduser()):
+            raise LongreachError(f"df11: {self.path!r} is not a folder holding {WEIGHTS_FILE}")
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return path.is_dir() and (path / WEIGHTS_FILE).is_file()
+
+    def weights_note(self, dtype: str) -> str:
+        return f"DFloat11 folder {Path(self.path).name}, decoded losslessly to bf16" + (
+            "" if dtype == "bf16" else f", then cast to {dtype}"
+        )
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(self.path)
+
+    def load_weights(self, dtype: torch.dtype) -> Any:
+        with quiet_transformers():
+            try:
+                return load_compressed(Path(self.path), dtype)
+            except KeyError as exc:
+                raise LongreachError(f"unsupported architecture in {self.path}: no causal LM for {exc}") from None

@@ -20,7 +20,6 @@ KV head (GQA kept) and budget the cache size at target lengths rather than the a
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 
 from longreach.errors import LongreachError
 from longreach.methods.base import Kind, Method
+from longreach.methods.spec import register
 from longreach.models import adapter
 
 if TYPE_CHECKING:
@@ -118,12 +118,6 @@ class MoAStorage:
         raise NotImplementedError("a moa cache cannot be cropped")
 
 
-@functools.cache
-def moa_layer_type() -> type:
-    """:class:`MoAStorage` on top of transformers' ``DynamicLayer`` (imported only when used)."""
-    return type("MoALayer", (MoAStorage, adapter.dynamic_layer_class()), {})
-
-
 def band_attention(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -155,6 +149,7 @@ def band_attention(
     return torch.cat(outputs, dim=2)
 
 
+@register
 @dataclass(frozen=True)
 class MoA(Method):
     """Per-head elastic sliding windows plus sinks, from a plan file made by profiling the model."""
@@ -162,6 +157,7 @@ class MoA(Method):
     plan: str = field(default="", metadata={"help": "a plan JSON file or a shipped plan's name (`longreach moa-plan`)"})
 
     name: ClassVar[str] = "moa"
+    reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "attention"
     example: ClassVar[str] = "moa:plan=tiny-llama-half"
     summary: ClassVar[str] = "MoA: per-head elastic sliding windows + sinks from a profiled plan (cache shrinks)"
@@ -183,15 +179,16 @@ class MoA(Method):
                 f"{loaded.name} has {len(modules)} x {kv_heads}"
             )
 
-        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
-            if call.cache is None:
-                raise LongreachError("moa needs a KV cache (use_cache=True)")
-            layer = call.cache.layers[call.layer]
+        def kernel(call: adapter.AttentionCall, inner: object) -> torch.Tensor:
             start = int(call.positions[0])
-            if start == 0 or not isinstance(layer, MoAStorage):  # a new sequence: windows for its length
-                layer = moa_layer_type()(plan.windows(call.key.shape[2])[call.layer], plan.sink)
-                layer.lazy_initialization(call.key, call.value)
-                adapter.set_layer(call.cache, call.layer, layer)
+            if call.cache is None:  # one read without a cache (a reader's scoring pass): bands, nothing stored
+                layer = MoAStorage(plan.windows(call.key.shape[2])[call.layer], plan.sink)
+            else:
+                layer = call.cache.layers[call.layer]
+                if start == 0 or not isinstance(layer, MoAStorage):  # a new sequence: windows for its length
+                    layer = adapter.layer_type(MoAStorage)(plan.windows(call.key.shape[2])[call.layer], plan.sink)
+                    layer.lazy_initialization(call.key, call.value)
+                    adapter.set_layer(call.cache, call.layer, layer)
             query = call.rotate(call.query, call.positions)
             key = call.rotate(call.key, call.positions)
             g = call.groups
@@ -213,9 +210,10 @@ class MoA(Method):
                 index = keep.nonzero().squeeze(-1)
                 stored_keys.append(keys[:, :, index].contiguous())
                 stored_values.append(values[:, :, index].contiguous())
-            layer.head_keys, layer.head_values = stored_keys, stored_values
-            layer.seen = int(call.positions[-1]) + 1
+            if call.cache is not None:
+                layer.head_keys, layer.head_values = stored_keys, stored_values
+                layer.seen = int(call.positions[-1]) + 1
             return torch.cat(outputs, dim=1).transpose(1, 2)
 
-        with adapter.patched_attention(loaded.model, kernel):
+        with adapter.attention_kernel(loaded.model, kernel):
             yield

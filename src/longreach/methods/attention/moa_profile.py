@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -43,6 +46,61 @@ class Profile:
     distance: dict[int, torch.Tensor]
     sink: int
     prompts: int
+
+
+ProbabilityHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+class _ObservedAttention(torch.autograd.Function):
+    """Causal softmax attention whose backward recomputes the probabilities P (as flash attention does, so no
+    (n, n) tensor is kept between the passes), hands (P, dL/dP) to a hook, then returns the input gradients:
+    dS = P * (dP - rowsum(dP * P)), dq = s dS k, dk = s dS^T q, dv = P^T dO. Shapes (b, h, n, d), float32."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, hook: Any) -> Any:
+        ctx.save_for_backward(query, key, value)
+        ctx.scale, ctx.hook = scale, hook
+        return _causal_probabilities(query, key, scale) @ value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
+        query, key, value = ctx.saved_tensors
+        probabilities = _causal_probabilities(query, key, ctx.scale)
+        grad_probabilities = grad_output @ value.transpose(-1, -2)
+        ctx.hook(probabilities, grad_probabilities)
+        grad_value = probabilities.transpose(-1, -2) @ grad_output
+        grad_scores = probabilities * (grad_probabilities - (grad_probabilities * probabilities).sum(-1, keepdim=True))
+        del probabilities, grad_probabilities
+        grad_query = (grad_scores @ key) * ctx.scale
+        grad_key = (grad_scores.transpose(-1, -2) @ query) * ctx.scale
+        return grad_query, grad_key, grad_value, None, None
+
+
+def _causal_probabilities(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    n = key.shape[2]
+    logits = (query @ key.transpose(-1, -2)) * scale
+    future = torch.ones(query.shape[2], n, dtype=torch.bool, device=query.device).triu(n - query.shape[2] + 1)
+    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+@contextmanager
+def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterator[None]:
+    """Compute every layer's attention explicitly (float32, causal) and, during the backward pass, call
+    ``on_gradient(layer, probabilities (b, h, n, n), d loss / d probabilities)``. For forwards without a cache
+    (:func:`longreach.models.adapter.forward_with_grad`). The probabilities are recomputed in the backward pass,
+    one layer at a time."""
+
+    def kernel(call: adapter.AttentionCall, inner: object) -> torch.Tensor:
+        positions = call.positions
+        query = call.rotate(call.query, positions).float()
+        key = call.rotate(call.key, positions).float().repeat_interleave(call.groups, dim=1)
+        value = call.value.float().repeat_interleave(call.groups, dim=1)
+        layer = call.layer
+        output = _ObservedAttention.apply(query, key, value, call.scaling, lambda p, g: on_gradient(layer, p, g))
+        return output.to(call.value.dtype).transpose(1, 2)
+
+    with adapter.attention_kernel(model, kernel):
+        yield
 
 
 def calibration_prompts(loaded: LoadedModel, length: int, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
@@ -92,7 +150,7 @@ def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int
 
         for prompt_ids, answer_ids in calibration_prompts(loaded, length, count, seed):
             ids = torch.tensor([prompt_ids + answer_ids])
-            with adapter.attention_probabilities(loaded.model, accumulate):
+            with attention_probabilities(loaded.model, accumulate):
                 logits = adapter.forward_with_grad(loaded.model, ids, logits_to_keep=len(answer_ids) + 1)
                 loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, -len(answer_ids) :])
                 loss.backward()
@@ -102,7 +160,7 @@ def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int
 
 def cached_profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int, seed: int = 0) -> Profile:
     """:func:`profile`, remembered on disk per (model source, dtype, lengths, prompts, sink, seed)."""
-    from longreach.models.loading import cache_dir
+    from longreach.models import cache_dir
 
     text = f"{loaded.source}|{loaded.dtype}|{lengths}|{count}|{sink}|{seed}|v1"
     path = cache_dir() / "moa" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from longreach.errors import LongreachError
+from longreach.methods.attention.kernels import attention_with_lse, merge_attention
 from longreach.methods.base import Kind, Method
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -71,7 +73,7 @@ def grouped_attention(
         far_end = max(0, last - window)
         distance_near = positions[:, None] - key_positions[None, first_near:last]
         parts = [
-            adapter.attention_with_lse(
+            attention_with_lse(
                 q_near[:, :, start:stop],
                 k_near[:, :, first_near:last],
                 values[:, :, first_near:last],
@@ -82,7 +84,7 @@ def grouped_attention(
         if far_end > 0:
             distance_far = positions[:, None] - key_positions[None, :far_end]
             parts.append(
-                adapter.attention_with_lse(
+                attention_with_lse(
                     q_far[:, :, start:stop],
                     k_far[:, :, :far_end],
                     values[:, :, :far_end],
@@ -90,10 +92,11 @@ def grouped_attention(
                     call.scaling,
                 )
             )
-        outputs.append(adapter.merge_attention(parts))
+        outputs.append(merge_attention(parts))
     return torch.cat(outputs, dim=2).transpose(1, 2)
 
 
+@register
 @dataclass(frozen=True)
 class SelfExtend(Method):
     """Grouped attention with group size ``group`` and neighbour window ``window`` (0: chosen by rule)."""
@@ -103,6 +106,7 @@ class SelfExtend(Method):
     target: int = field(default=0, metadata={"help": "length the rule plans for (0: the length read)"})
 
     name: ClassVar[str] = "selfextend"
+    reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "attention"
     summary: ClassVar[str] = "SelfExtend: neighbour attention within W, grouped positions (//G) beyond"
     paper: ClassVar[str] = "Jin et al. 2024, LLM Maybe LongLM"
@@ -131,7 +135,7 @@ class SelfExtend(Method):
         native = loaded.native_context_length
         plans: dict[int, tuple[int, int]] = {}
 
-        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
+        def kernel(call: adapter.AttentionCall, inner: object) -> torch.Tensor:
             key, value = call.key, call.value
             if call.cache is not None:  # cached keys stay unrotated: they are rotated per call
                 key, value = call.cache.update(key, value, call.layer)
@@ -144,5 +148,5 @@ class SelfExtend(Method):
                 return call.standard(call.rotate(call.query, call.positions), call.rotate(key, positions), value)
             return grouped_attention(call, key, value, window, group)
 
-        with adapter.patched_attention(loaded.model, kernel):
+        with adapter.attention_kernel(loaded.model, kernel):
             yield

@@ -25,7 +25,6 @@ the cache grows by the centroids, sizes and labels, all counted in the physical 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from longreach.methods.base import Kind, Method
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -88,11 +88,6 @@ class SqueezedStorage:
         self.fixed, self.clustered = fixed, clustered
 
 
-@functools.cache
-def squeezed_layer_type() -> type:
-    return type("SqueezedLayer", (SqueezedStorage, adapter.dynamic_layer_class()), {})
-
-
 def log_cluster_scores(query: torch.Tensor, centroids: torch.Tensor, sizes: torch.Tensor, scale: float) -> torch.Tensor:
     """log S_c for queries (b, k, g, t, d) and centroids (b, k, C, d), sizes (b, k, C): (b, k, g, t, C)."""
     logits = (query.float() @ centroids.float()[:, :, None].transpose(-1, -2)) * scale
@@ -101,6 +96,7 @@ def log_cluster_scores(query: torch.Tensor, centroids: torch.Tensor, sizes: torc
     return logits - torch.logsumexp(logits + log_sizes, dim=-1, keepdim=True)
 
 
+@register
 @dataclass(frozen=True)
 class Squeezed(Method):
     """Centroid lookup over a clustered fixed context, then exact attention to the chosen keys."""
@@ -114,6 +110,7 @@ class Squeezed(Method):
     coarse_scale: float = field(default=0.5, metadata={"help": "hierarchical: coarse threshold = tau x this"})
 
     name: ClassVar[str] = "squeezed"
+    reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "attention"
     summary: ClassVar[str] = "Squeezed Attention: k-means key centroids of the context pick the keys each query sees"
     paper: ClassVar[str] = "Hooper et al. 2024, Squeezed Attention: Accelerating Long Context Length LLM Inference"
@@ -197,13 +194,13 @@ class Squeezed(Method):
             state["tau"] = float(torch.quantile(sample, self.sparsity)) if self.sparsity > 0 else 0.0
             for layer, (index, fixed, clustered) in enumerate(indexes):
                 keys, values = adapter.layer_kv(cache, layer)
-                replacement = squeezed_layer_type()()
+                replacement = adapter.layer_type(SqueezedStorage)()
                 replacement.lazy_initialization(keys, values)
                 replacement.keys, replacement.values = keys, values
                 replacement.attach(index, fixed, clustered)
                 adapter.set_layer(cache, layer, replacement)
 
-        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
+        def kernel(call: adapter.AttentionCall, inner: object) -> torch.Tensor:
             query = call.rotate(call.query, call.positions)
             key = call.rotate(call.key, call.positions)
             if call.cache is None:
@@ -237,5 +234,5 @@ class Squeezed(Method):
             )
             return output.transpose(1, 2)
 
-        with adapter.patched_attention(loaded.model, kernel):
+        with adapter.attention_kernel(loaded.model, kernel):
             yield

@@ -3,7 +3,7 @@
 Ein legend: b batch (1), h query heads, k KV heads, g = h / k query heads per KV head, n tokens in a layer's
 cache, w observation window, d head dim. Cached keys are post-RoPE (b, k, n, d); values (b, k, n, d).
 
-How a cache method runs (see :class:`longreach.backends.hf.HFBackend`): the backend reads the part of the
+How a cache method runs (see :class:`longreach.engine.Engine`): the backend reads the part of the
 prompt that may be compressed (question-aware: the prompt but its last token, so the question is inside it;
 question-agnostic: the context alone), with :meth:`CacheMethod.compressing` around that forward. After each
 layer's attention the method rewrites that layer's cache (:meth:`CacheMethod.compress_layer`), so the full
@@ -35,12 +35,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CacheMethod(Method):
-    """Base class of KV-cache methods. ``needs_question``: the method's choice depends on the queries of the
-    last tokens read (query-aware), so it works as designed only when the question is read before compression."""
+    """Base class of KV-cache methods."""
 
     kind: ClassVar[Kind] = "cache"
-    phase: ClassVar[str] = "prefill"
-    needs_question: ClassVar[bool] = False
 
     def conflict_with(self, other: Method) -> str | None:
         if other.kind == "attention":

@@ -18,10 +18,12 @@ from typing import ClassVar
 import torch
 
 from longreach.methods.cache.base import EvictingMethod, attention_mass, per_kv_head
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
 
+@register
 @dataclass(frozen=True)
 class H2O(EvictingMethod):
     """Heavy hitters (accumulated attention) plus the most recent tokens."""

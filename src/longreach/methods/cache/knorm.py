@@ -13,9 +13,11 @@ from typing import ClassVar
 import torch
 
 from longreach.methods.cache.base import EvictingMethod
+from longreach.methods.spec import register
 from longreach.models import adapter
 
 
+@register
 @dataclass(frozen=True)
 class Knorm(EvictingMethod):
     """Evict the tokens whose keys have the largest L2 norm."""

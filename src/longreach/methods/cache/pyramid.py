@@ -17,10 +17,12 @@ import torch
 
 from longreach.methods.cache.base import EvictingMethod
 from longreach.methods.cache.snapkv import snapkv_scores
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
 
+@register
 @dataclass(frozen=True)
 class Pyramid(EvictingMethod):
     """SnapKV selection with a pyramid of per-layer budgets."""
@@ -34,7 +36,6 @@ class Pyramid(EvictingMethod):
     summary: ClassVar[str] = "PyramidKV: SnapKV selection with budgets falling linearly from the first layer"
     paper: ClassVar[str] = "Cai et al. 2024, PyramidKV: Dynamic KV Cache Compression based on Pyramidal Funneling"
     example: ClassVar[str] = "pyramid:compression_ratio=0.5:window=8"
-    needs_question: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,13 +16,13 @@ value codes (b, k, nq, d / p), value scale/zero (b, k, nq, 1); p = 8 / bits code
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from longreach.methods.cache.base import CacheMethod
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -126,12 +126,7 @@ class QuantizedStorage:
         raise NotImplementedError("a quantized KV cache cannot be cropped")
 
 
-@functools.cache
-def quantized_layer_type() -> type:
-    """The cache layer class: :class:`QuantizedStorage` on top of transformers' ``DynamicLayer``."""
-    return type("QuantizedLayer", (QuantizedStorage, adapter.dynamic_layer_class()), {})
-
-
+@register
 @dataclass(frozen=True)
 class Quantized(CacheMethod):
     """int8 or int4 KV cache with per-channel key scales and per-token value scales (KIVI)."""
@@ -142,7 +137,6 @@ class Quantized(CacheMethod):
     name: ClassVar[str] = "quantized"
     summary: ClassVar[str] = "int8/int4 KV cache: keys per channel, values per token, newest tokens in float (KIVI)"
     paper: ClassVar[str] = "Liu et al. 2024, KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"
-    phase: ClassVar[str] = "both"
 
     def __post_init__(self) -> None:
         require(self.bits in (4, 8), f"quantized: bits must be 8 or 4; got {self.bits}")
@@ -150,6 +144,6 @@ class Quantized(CacheMethod):
 
     def compress_layer(self, observed: adapter.LayerInput, cache: Any, n_layers: int) -> None:
         keys, values = adapter.layer_kv(cache, observed.layer)
-        layer = quantized_layer_type()(self.bits, self.group)
+        layer = adapter.layer_type(QuantizedStorage)(self.bits, self.group)
         layer.update(keys, values)
         adapter.set_layer(cache, observed.layer, layer)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from longreach.methods.cache.base import EvictingMethod, per_kv_head, window_attention
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -37,6 +38,7 @@ def snapkv_scores(
     return F.pad(votes, (0, window), value=float(votes.max()) + 1.0)
 
 
+@register
 @dataclass(frozen=True)
 class SnapKV(EvictingMethod):
     """Keep the keys the observation window attends to most (plus the window)."""
@@ -49,7 +51,6 @@ class SnapKV(EvictingMethod):
     summary: ClassVar[str] = "SnapKV: the last window's queries vote (pooled attention) for the keys to keep"
     paper: ClassVar[str] = "Li et al. 2024, SnapKV: LLM Knows What You are Looking for Before Generation"
     example: ClassVar[str] = "snapkv:compression_ratio=0.5:window=16"
-    needs_question: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

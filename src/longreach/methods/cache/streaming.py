@@ -14,10 +14,12 @@ from typing import ClassVar
 import torch
 
 from longreach.methods.cache.base import EvictingMethod
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
 
+@register
 @dataclass(frozen=True)
 class Streaming(EvictingMethod):
     """Sinks + recent window at a compression ratio or a token budget."""

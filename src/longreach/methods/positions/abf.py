@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -24,6 +25,7 @@ def compute_abf(
     return base_inv_freq(base, rotary_dim(config, params), device), 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Abf(PositionMethod):
     """Replace the RoPE base by ``theta`` (``scale`` multiplies the model's base when theta is 0)."""

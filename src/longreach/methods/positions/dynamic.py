@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -29,6 +30,7 @@ def compute_dynamic(
     return base_inv_freq(base, dim, device), 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Dynamic(PositionMethod):
     """Dynamic NTK: the base grows with the length read, and only beyond the native window."""
@@ -36,6 +38,7 @@ class Dynamic(PositionMethod):
     factor: float = field(default=2.0, metadata={"help": "scale s in b*(s*l/L-(s-1))^(d/(d-2))"})
 
     name: ClassVar[str] = "dynamic"
+    reads_length: ClassVar[bool] = True
     summary: ClassVar[str] = "dynamic NTK: base grows with the length read, identity inside the window"
     paper: ClassVar[str] = "emozilla 2023"
     rope_function = compute_dynamic

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from longreach.methods.base import Kind, Method
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from longreach.models import LoadedModel
 
 
+@register
 @dataclass(frozen=True)
 class HfRope(Method):
     """A transformers rope_type with a factor (``original_max=0``: the model's native window)."""
@@ -31,6 +33,7 @@ class HfRope(Method):
     original_max: int = field(default=0, metadata={"help": "pre-extension window (0: the model's)"})
 
     name: ClassVar[str] = "hf"
+    reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "position"
     summary: ClassVar[str] = "transformers' own rope_type via the config (peer baseline)"
     paper: ClassVar[str] = "transformers modeling_rope_utils"

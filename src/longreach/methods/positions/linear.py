@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -22,6 +23,7 @@ def compute_linear(
     return base_inv_freq(params["rope_theta"], rotary_dim(config, params), device) / params["factor"], 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Linear(PositionMethod):
     """Position interpolation by ``factor`` (use target length / native window)."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -33,6 +34,7 @@ def compute_llama3(
     return torch.where(medium, smoothed, scaled), 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Llama3(PositionMethod):
     """Llama 3.1 scaling; ``original_max=0`` means the model's native window."""

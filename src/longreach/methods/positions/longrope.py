@@ -15,6 +15,7 @@ import torch
 
 from longreach.errors import LongreachError
 from longreach.methods.positions.base import PositionMethod, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def compute_longrope(
     return 1.0 / (factors * params["rope_theta"] ** exponents), attention
 
 
+@register
 @dataclass(frozen=True)
 class LongRope(PositionMethod):
     """LongRoPE with user-given factor lists, written ``short_factor=1/1/1.2/...`` (d/2 numbers each)."""
@@ -48,6 +50,7 @@ class LongRope(PositionMethod):
     original_max: int = field(default=0, metadata={"help": "pre-extension window L (0: the model's)"})
 
     name: ClassVar[str] = "longrope"
+    reads_length: ClassVar[bool] = True
     summary: ClassVar[str] = "LongRoPE: per-pair factor lists (given), long set beyond the window"
     paper: ClassVar[str] = "Ding et al. 2024"
     example: ClassVar[str] = "longrope:long_factor=1/1/1/1.5/2/3/4/4"

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -26,6 +27,7 @@ def compute_ntk(
     return base_inv_freq(base, dim, device), 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Ntk(PositionMethod):
     """NTK-aware base change for a scale ``factor``."""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -26,6 +27,7 @@ def compute_power(
     return theta * decay, 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Power(PositionMethod):
     """Power-law stretch of the slow pairs with exponent ``p``."""

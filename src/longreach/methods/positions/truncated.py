@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -30,6 +31,7 @@ def compute_truncated(
     return torch.where(theta < cutoff / 8, torch.zeros_like(theta), truncated), 1.0
 
 
+@register
 @dataclass(frozen=True)
 class Truncated(PositionMethod):
     """Truncate wavelengths at ``length`` tokens (0: the native window)."""

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from longreach.methods.positions.base import PositionMethod, base_inv_freq, parameters, rotary_dim
+from longreach.methods.spec import register
 from longreach.params import require
 
 
@@ -46,6 +47,7 @@ def compute_yarn(
     return (theta / factor) * (1 - extrapolation) + theta * extrapolation, attention
 
 
+@register
 @dataclass(frozen=True)
 class Yarn(PositionMethod):
     """YaRN with its temperature; ``original_max=0`` means the model's native window."""

@@ -1,4 +1,4 @@
-"""Per-head block retrieval attention: the kernel behind the ``longheads`` and ``landmark`` readers.
+"""Per-head block retrieval: one block reader with two variants, ``longheads`` and ``landmark``.
 
 Ein legend: b batch (1), h query heads, k kv heads, g = h/k, w block (chunk) size, C complete blocks,
 S selected blocks per head, n tokens so far, t tokens in a query block, d head dim.
@@ -23,16 +23,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 
-from longreach import tokens
+from longreach.generation import Generation, Request
+from longreach.methods.attention.kernels import attention_with_lse
+from longreach.methods.base import Method
+from longreach.methods.readers.base import ReaderMethod, ReadingEngine
+from longreach.methods.spec import register
 from longreach.models import adapter
+from longreach.params import require
 
 if TYPE_CHECKING:
-    from longreach.backends.base import Generation, Request
-    from longreach.backends.hf import HFBackend
     from longreach.methods.spec import MethodStack
 
 Summary = Literal["mean", "pooled"]
@@ -53,7 +56,7 @@ class BlockRetrieval:
     summary: Summary
     layers: dict[int, _LayerState] = field(default_factory=dict)
 
-    def kernel(self, call: adapter.AttentionCall) -> torch.Tensor:
+    def kernel(self, call: adapter.AttentionCall, inner: object) -> torch.Tensor:
         """Attention output (b, t, h, d) of ``call``'s queries; updates the cache with pre-RoPE keys."""
         key, value = call.key, call.value
         if call.cache is not None:
@@ -182,31 +185,78 @@ def _causal_attention(
         key = key.repeat_interleave(call.groups, dim=1)
         value = value.repeat_interleave(call.groups, dim=1)
     mask = torch.arange(key.shape[2])[None, :] <= query_positions[:, None]
-    output, _ = adapter.attention_with_lse(query, key, value, mask, call.scaling)
+    output, _ = attention_with_lse(query, key, value, mask, call.scaling)
     return output.transpose(1, 2)
 
 
 def read_with_blocks(
-    backend: HFBackend, request: Request, inner: MethodStack, retrieval: BlockRetrieval, segment: int
+    engine: ReadingEngine, request: Request, inner: MethodStack, retrieval: BlockRetrieval, segment: int
 ) -> Generation:
     """Prefill the prompt ``segment`` tokens at a time with block retrieval attention, then decode.
     A prompt that fits in ``slots`` blocks goes to the plain model (identical answers)."""
-    prompt_ids = tokens.encode(backend.tokenizer, request.prompt)
+    prompt_ids = engine.encode(request.prompt)
     if len(prompt_ids) <= retrieval.slots * retrieval.block:
-        return backend.complete(prompt_ids, request, inner)[0]
-    model = backend.loaded.model
+        return engine.complete(prompt_ids, request, inner)[0]
+    model = engine.loaded.model
     cache = adapter.empty_cache(model)
     start_time = time.perf_counter()
-    with adapter.patched_attention(model, retrieval.kernel):
-        with torch.inference_mode(), inner.applied(backend.loaded):
+    with adapter.attention_kernel(model, retrieval.kernel):
+        with torch.inference_mode(), inner.applied(engine.loaded):
             for start in range(0, len(prompt_ids) - 1, segment):
                 stop = min(start + segment, len(prompt_ids) - 1)
                 adapter.forward(model, torch.tensor([prompt_ids[start:stop]]), cache, start=start)
         prefill = time.perf_counter() - start_time
-        generation, _ = backend.complete(prompt_ids, request, inner, reused=len(prompt_ids) - 1, cache=cache)
+        generation, _ = engine.complete(prompt_ids, request, inner, reused=len(prompt_ids) - 1, cache=cache)
     return dataclasses.replace(
         generation,
         seconds=time.perf_counter() - start_time,
         prefill_seconds=prefill + generation.prefill_seconds,
         reused_tokens=0,
     )
+
+
+@dataclass(frozen=True)
+class BlockReader(ReaderMethod):
+    """Per-head top-k block retrieval; the variants differ in how a block is summarised (``summary_kind``)."""
+
+    block: int = field(default=256, metadata={"help": "block (chunk) size in tokens"})
+    blocks: int = field(default=16, metadata={"help": "blocks each head reads (incl. sink, previous, current)"})
+    segment: int = field(default=4096, metadata={"help": "prefill tokens per forward (a multiple of block)"})
+
+    summary_kind: ClassVar[Summary] = "mean"
+
+    def __post_init__(self) -> None:
+        require(self.block >= 1 and self.blocks >= 3, f"{self.name}: need block >= 1 and blocks >= 3")
+        require(self.segment % self.block == 0, f"{self.name}: segment must be a multiple of block ({self.block})")
+
+    def conflict_with(self, other: Method) -> str | None:
+        return "both replace the attention kernel" if other.kind == "attention" else super().conflict_with(other)
+
+    def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
+        retrieval = BlockRetrieval(self.block, self.blocks, self.summary_kind)
+        return read_with_blocks(engine, request, inner, retrieval, self.segment)
+
+
+@register
+@dataclass(frozen=True)
+class LongHeads(BlockReader):
+    """LongHeads (Lu et al. 2024, "LongHeads: Multi-Head Attention is Secretly a Long Context Processor", arXiv
+    2402.10685): every head reads its own chosen chunks within the trained length, chunks summarised by
+    attention-pooled keys."""
+
+    name: ClassVar[str] = "longheads"
+    summary: ClassVar[str] = "LongHeads: each head attends to its top chunks, positions within the window"
+    paper: ClassVar[str] = "Lu et al. 2024, LongHeads"
+    summary_kind: ClassVar[Summary] = "pooled"
+
+
+@register
+@dataclass(frozen=True)
+class Landmark(BlockReader):
+    """Training-free block retrieval in the spirit of Landmark Attention (Mohtashami & Jaggi 2023, arXiv
+    2305.16300): blocks are represented by the mean of the model's own keys instead of trained landmark tokens."""
+
+    name: ClassVar[str] = "landmark"
+    summary: ClassVar[str] = "block retrieval by mean-key landmarks (training-free Landmark Attention)"
+    paper: ClassVar[str] = "Mohtashami & Jaggi 2023, Landmark Attention"
+    summary_kind: ClassVar[Summary] = "mean"

@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from longreach import tokens
-from longreach.methods.readers.base import ReaderMethod
+from longreach.generation import Generation, Request
+from longreach.methods.readers.base import ReaderMethod, ReadingEngine
+from longreach.methods.spec import register
 from longreach.models import adapter
 from longreach.params import require
 
 if TYPE_CHECKING:
-    from longreach.backends.base import Generation, Request
-    from longreach.backends.hf import HFBackend
     from longreach.methods.spec import MethodStack
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -55,6 +54,7 @@ def split_sentences(text: str) -> list[str]:
     return pieces
 
 
+@register
 @dataclass(frozen=True)
 class InfiniRetri(ReaderMethod):
     """Attention-guided sentence retrieval over chunks; memory stays flat, cost grows linearly."""
@@ -76,29 +76,29 @@ class InfiniRetri(ReaderMethod):
             require(getattr(self, name) >= 1, f"infiniretri: {name} must be >= 1; got {getattr(self, name)}")
         require(self.sink >= 0, f"infiniretri: sink must be >= 0; got {self.sink}")
 
-    def read(self, backend: HFBackend, request: Request, inner: MethodStack) -> Generation:
-        tokenizer = backend.tokenizer
-        special = tokens.encode(tokenizer, "")
+    def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
+        tokenizer = engine.tokenizer
+        special = engine.encode("")
         sentences = split_sentences(request.context)
         ids = tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
         ids = [s[i : i + self.unit] for s in ids for i in range(0, len(s), self.unit)]  # bounded units
         question = tokenizer(request.question, add_special_tokens=False)["input_ids"]
         sink = _leading(ids, self.sink)
         if sum(map(len, ids)) <= self.chunk + self.topk:  # fits: the plain model reads it
-            return backend.complete(tokens.encode(tokenizer, request.prompt), request, inner)[0]
+            return engine.complete(engine.encode(request.prompt), request, inner)[0]
         retained: list[int] = []
         steps, start = 0, time_now()
         for chunk in _chunks(ids, sink, self.chunk):
-            retained = self._select(backend, inner, special, ids, sink, retained + chunk, question)
+            retained = self._select(engine, inner, special, ids, sink, retained + chunk, question)
             steps += 1
         prompt_ids = special + [t for i in sink + retained for t in ids[i]] + question
-        generation, _ = backend.complete(prompt_ids, request, inner)
+        generation, _ = engine.complete(prompt_ids, request, inner)
         seconds = time_now() - start
         return _with_reading_cost(generation, seconds, sum(map(len, ids)) + len(question) + len(special))
 
     def _select(
         self,
-        backend: HFBackend,
+        engine: ReadingEngine,
         inner: MethodStack,
         special: list[int],
         ids: list[list[int]],
@@ -111,32 +111,30 @@ class InfiniRetri(ReaderMethod):
         context = [t for i in candidates for t in ids[i]]
         prefix = special + [t for i in sink for t in ids[i]]
         step_ids = torch.tensor([prefix + context + question])
-        scores = self._question_attention(backend, inner, step_ids, len(prefix), len(context), len(question))
+        scores = self._question_attention(engine, inner, step_ids, len(prefix), len(context), len(question))
         top = torch.topk(scores, min(self.topk, scores.shape[0])).indices
         return sorted({owners[int(i)] for i in top})
 
     def _question_attention(
-        self, backend: HFBackend, inner: MethodStack, step_ids: torch.Tensor, offset: int, width: int, m: int
+        self, engine: ReadingEngine, inner: MethodStack, step_ids: torch.Tensor, offset: int, width: int, m: int
     ) -> torch.Tensor:
         """Per context token (c,): phrase-smoothed, question-weighted attention from the question rows."""
-        model = backend.loaded.model
+        model = engine.loaded.model
         layers = len(adapter.attention_modules(model))
         target = self.layer % layers
         found: dict[str, torch.Tensor] = {}
 
-        def kernel(call: adapter.AttentionCall) -> torch.Tensor:
+        def kernel(call: adapter.AttentionCall, inner: adapter.Kernel) -> torch.Tensor:
+            if call.layer != target:  # other layers: whatever attention the inner stack runs
+                return inner(call)
             query = call.rotate(call.query, call.positions)
-            key = call.rotate(call.key, call.positions)
-            if call.layer == target:
-                keys = key.repeat_interleave(call.groups, dim=1)
-                rows = query[:, :, -m:] @ keys.transpose(-1, -2) * call.scaling  # (b, h, m, n)
-                causal = torch.arange(keys.shape[2]) > (call.positions[-m:, None])
-                probs = rows.float().masked_fill(causal, float("-inf")).softmax(-1).sum(dim=1)[0]  # (m, n)
-                found["probs"] = probs
-                raise _Stop
-            return call.standard(query, key, call.value)
+            keys = call.rotate(call.key, call.positions).repeat_interleave(call.groups, dim=1)
+            rows = query[:, :, -m:] @ keys.transpose(-1, -2) * call.scaling  # (b, h, m, n)
+            causal = torch.arange(keys.shape[2]) > (call.positions[-m:, None])
+            found["probs"] = rows.float().masked_fill(causal, float("-inf")).softmax(-1).sum(dim=1)[0]  # (m, n)
+            raise _Stop
 
-        with torch.inference_mode(), inner.applied(backend.loaded), adapter.patched_attention(model, kernel):
+        with torch.inference_mode(), inner.applied(engine.loaded), adapter.attention_kernel(model, kernel):
             try:
                 positions = torch.arange(step_ids.shape[1]).unsqueeze(0)
                 model.model(input_ids=step_ids, position_ids=positions, use_cache=False)

@@ -1,0 +1,7 @@
+"""The engine: a loaded model under method stacks (prefill, compressed reads, decode, one prefix cache,
+measurement). Backends are thin adapters over it; readers are its clients."""
+
+from longreach.engine.engine import Engine
+from longreach.engine.prefix import PrefixCache
+
+__all__ = ["Engine", "PrefixCache"]

@@ -1,0 +1,200 @@
+"""The engine: a loaded model under method stacks. Prefill, compressed reads, greedy decode, and honest measurement.
+
+Each request is prefilled with ``logits_to_keep=1`` (full logits at 8K tokens x 262K vocab would be 8.6 GB), then
+decoded greedily one token at a time from the KV cache. Per request it records wall, prefill (after the device
+has finished) and decode seconds, the process's peak RSS, on a GPU the peak memory torch allocated there, and
+the physical bytes of the KV cache. A stack with a reader hands the request to the reader, which owns the loop
+over the input and calls :meth:`Engine.complete` for the answer (readers are engine clients).
+
+With a cache method (or a question-agnostic request) the prompt is read in two parts: first the part that is
+compressed (question-aware: all but the last token; question-agnostic: the context), with the cache method
+compressing each layer as it is read, then the rest on top of the compressed cache. Every new token is therefore
+computed from the compressed cache, as in kvpress's pipeline. One :class:`~longreach.engine.prefix.PrefixCache`
+serves both prefix reuse and shared reads between cache methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from longreach import tokens
+from longreach.engine.prefix import PrefixCache
+from longreach.errors import LongreachError
+from longreach.generation import Generation, Request, cut_at_stop
+from longreach.measure import peak_gpu, peak_rss
+from longreach.methods import Method, MethodStack
+from longreach.models import LoadedModel, adapter
+
+
+class Engine:
+    """Runs requests one at a time (batch 1) on ``loaded.model``.
+
+    ``reuse_prefix``: keep the last uncompressed read (see :class:`PrefixCache`). The prefill time then covers
+    only the recomputed part, so leave it off when measuring time; ``reused_tokens`` records what was skipped.
+    """
+
+    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = _eos_ids(loaded)
+        self.prefixes = PrefixCache(reuse_prefix)
+
+    def encode(self, text: str) -> list[int]:
+        return tokens.encode(self.tokenizer, text)
+
+    def generate(self, request: Request, stack: MethodStack) -> Generation:
+        """Answer one request under ``stack``, measured."""
+        device = self.loaded.device
+        if device == "cpu":  # torch's default already; the device context would add overhead to every op
+            return self._measured(request, stack)
+        with torch.device(device), peak_gpu(device) as gpu:  # new tensors (ids, masks, indices) on the GPU
+            generation = self._measured(request, stack)
+        return dataclasses.replace(generation, peak_gpu_mb=gpu.mb)
+
+    def _measured(self, request: Request, stack: MethodStack) -> Generation:
+        reader = stack.of_kind("reader")
+        with peak_rss() as peak:
+            if reader is not None:
+                generation = reader.read(self, request, stack.without("reader"))
+            else:
+                generation = self._run(request, stack)
+        return dataclasses.replace(generation, peak_rss_mb=peak.mb)
+
+    def _run(self, request: Request, stack: MethodStack) -> Generation:
+        prompt_ids = self.encode(request.prompt)
+        method = stack.of_kind("cache")
+        base = stack.without("cache")
+        split = self._split(request, prompt_ids, method)
+        first = prompt_ids if split is None else prompt_ids[:split]
+        with torch.inference_mode(), stack.applied(self.loaded):
+            start = time.perf_counter()
+            if method is None:
+                reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length)
+                logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, start=reused)
+            else:
+                reused, cache = self._compressed_read(first, base.repr, method)
+            compressed_bytes = adapter.cache_bytes(cache)
+            if split is not None:
+                logits, cache = adapter.forward(self.loaded.model, torch.tensor([prompt_ids[split:]]), cache, split)
+            generation, cache = self._decode(len(prompt_ids), request, logits, cache, start, reused)
+        if method is None:
+            self.prefixes.keep(base.repr, prompt_ids, cache)
+        return dataclasses.replace(generation, compressed_kv_bytes=compressed_bytes)
+
+    def _split(self, request: Request, prompt_ids: list[int], method: Method | None) -> int | None:
+        """Tokens read (and compressed) before the rest of the prompt; None: the prompt is read at once."""
+        if request.mode == "agnostic":
+            if request.question_offset is None:
+                raise LongreachError("question-agnostic evaluation needs the question's offset in the prompt")
+            context_ids = self.encode(request.prompt[: request.question_offset])
+            split = next(
+                (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
+                min(len(context_ids), len(prompt_ids)),
+            )
+            if not 1 <= split < len(prompt_ids):
+                raise LongreachError(
+                    f"question-agnostic evaluation needs a non-empty context and question; the context has "
+                    f"{split} of the prompt's {len(prompt_ids)} tokens"
+                )
+            return split
+        if request.mode != "aware":
+            raise LongreachError(f"unknown question mode {request.mode!r}; valid: aware, agnostic")
+        if method is None or len(prompt_ids) < 2:
+            return None
+        return len(prompt_ids) - 1
+
+    def _compressed_read(self, first: list[int], base: str, method: Method) -> tuple[int, Any]:
+        """Read ``first`` from position 0 and compress it with ``method``: (reused tokens, compressed cache).
+        With prefix reuse the uncompressed read and its layer inputs are kept, and a copy is compressed."""
+        model = self.loaded.model
+        ids = torch.tensor([first])
+        if not self.prefixes.enabled:
+            with method.compressing(self.loaded):  # each layer compressed right after it is read
+                return 0, adapter.forward(model, ids)[1]
+        kept = self.prefixes.exact(base, first)
+        reused = len(first)
+        if kept is None:
+            self.prefixes.drop()  # free the previous read before making a new one
+            inputs: list[adapter.LayerInput] = []
+            with adapter.after_attention(model, lambda observed, _cache: inputs.append(observed)):
+                full = adapter.forward(model, ids)[1]
+            self.prefixes.keep(base, first, full, inputs)
+            kept, reused = (adapter.clone_cache(full), inputs), 0
+        cache, inputs = kept
+        for observed in inputs:
+            method.compress_layer(observed, cache, len(inputs))
+        return reused, cache
+
+    def complete(
+        self, prompt_ids: list[int], request: Request, stack: MethodStack, reused: int = 0, cache: Any = None
+    ) -> tuple[Generation, Any]:
+        """Prefill ``prompt_ids`` (from token ``reused`` on, on top of ``cache``) under ``stack``, then decode
+        greedily (the readers' last step). Returns the generation (peak memory left to the caller) and the
+        final cache."""
+        ids = torch.tensor([prompt_ids])
+        with torch.inference_mode(), stack.applied(self.loaded):
+            start = time.perf_counter()
+            logits, cache = adapter.forward(self.loaded.model, ids[:, reused:], cache, start=reused)
+            return self._decode(len(prompt_ids), request, logits, cache, start, reused)
+
+    def _decode(
+        self, prompt_tokens: int, request: Request, logits: torch.Tensor, cache: Any, start: float, reused: int
+    ) -> tuple[Generation, Any]:
+        """Greedy decoding after a prefill that began at ``start`` (perf_counter) and ended now with ``logits``
+        (1, t, vocab) over a cache of ``prompt_tokens`` tokens. Returns the generation and the final cache."""
+        if logits.is_cuda:  # kernels run asynchronously: wait for the prefill before reading the clock
+            torch.cuda.synchronize(logits.device)
+        prefill_seconds = time.perf_counter() - start
+        kv_bytes = after_prefill = adapter.cache_bytes(cache)
+        new_ids: list[int] = []
+        text = ""
+        decode_seconds, decode_steps = 0.0, 0
+        next_id = int(logits[0, -1].argmax())
+        while next_id not in self.eos_ids:
+            new_ids.append(next_id)
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+            cut = cut_at_stop(text, request.stop)
+            if cut is not None:
+                text = cut
+                break
+            if len(new_ids) >= request.max_new_tokens:
+                break
+            step = time.perf_counter()
+            position = prompt_tokens + len(new_ids) - 1
+            logits, cache = adapter.forward(self.loaded.model, torch.tensor([[next_id]]), cache, start=position)
+            next_id = int(logits[0, -1].argmax())
+            decode_seconds += time.perf_counter() - step
+            decode_steps += 1
+        kv_bytes = max(kv_bytes, adapter.cache_bytes(cache))
+        generation = Generation(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            new_tokens=len(new_ids),
+            seconds=time.perf_counter() - start,
+            prefill_seconds=prefill_seconds,
+            kv_cache_bytes=kv_bytes,
+            reused_tokens=reused,
+            decode_seconds=decode_seconds,
+            decode_steps=decode_steps,
+            compressed_kv_bytes=after_prefill,
+        )
+        return generation, cache
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config."""
+    found: set[int] = set()
+    candidates: list[Any] = [loaded.tokenizer.eos_token_id]
+    generation_config = getattr(loaded.model, "generation_config", None)
+    if generation_config is not None:
+        candidates.append(generation_config.eos_token_id)
+    for value in candidates:
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, (list, tuple)):
+            found.update(v for v in value if isinstance(v, int))
+    return found

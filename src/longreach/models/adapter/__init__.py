@@ -1,0 +1,88 @@
+"""The only package that reads transformers internals, split by what it adapts: :mod:`.config` (facts read off a
+config), :mod:`.rope` (rotary embeddings), :mod:`.attention` (the one hook layer for attention changes),
+:mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is fixed here once.
+Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of ``cache.layers``).
+"""
+
+from longreach.models.adapter.attention import (
+    AttentionCall,
+    Kernel,
+    LayerInput,
+    Observer,
+    after_attention,
+    attention_kernel,
+    attention_modules,
+    model_attention,
+)
+from longreach.models.adapter.cache import (
+    cache_bytes,
+    cache_tensors,
+    clone_cache,
+    crop_cache,
+    empty_cache,
+    is_plain_cache,
+    layer_kv,
+    layer_lengths,
+    layer_type,
+    physical_bytes,
+    set_layer,
+    set_layer_kv,
+)
+from longreach.models.adapter.config import (
+    causal_lm_from_state_dict,
+    hard_max_length,
+    kv_bytes_per_token,
+    native_context_length,
+    text_config,
+    uses_rope,
+)
+from longreach.models.adapter.forward import forward, forward_with_grad
+from longreach.models.adapter.rope import (
+    apply_rope,
+    long_range_layer_types,
+    patched_rope,
+    rebuilt_rotary,
+    rope_parameters,
+    rotary_module,
+    rotate_half,
+    with_rope_parameters,
+)
+
+__all__ = [
+    "AttentionCall",
+    "Kernel",
+    "LayerInput",
+    "Observer",
+    "after_attention",
+    "apply_rope",
+    "attention_kernel",
+    "attention_modules",
+    "cache_bytes",
+    "cache_tensors",
+    "causal_lm_from_state_dict",
+    "clone_cache",
+    "crop_cache",
+    "empty_cache",
+    "forward",
+    "forward_with_grad",
+    "hard_max_length",
+    "is_plain_cache",
+    "kv_bytes_per_token",
+    "layer_kv",
+    "layer_lengths",
+    "layer_type",
+    "long_range_layer_types",
+    "model_attention",
+    "native_context_length",
+    "patched_rope",
+    "physical_bytes",
+    "rebuilt_rotary",
+    "rope_parameters",
+    "rotary_module",
+    "rotate_half",
+    "set_layer",
+    "set_layer_kv",
+    "text_config",
+    "uses_rope",
+    "with_rope_parameters",
+]

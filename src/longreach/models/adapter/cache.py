@@ -1,0 +1,107 @@
+"""KV caches: their physical bytes, cropping and copying, per-layer keys and values, and the one helper that
+turns a method's own per-layer storage into a transformers cache layer.
+
+Shapes: cached keys and values of a layer (b, k, n, d). transformers 5.24 caches are ``cache.layers``, each layer
+keeping its tensors in attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for value in vars(obj).values():
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Every tensor a transformers cache holds (keys, values, quantized payloads, scales, centroids...)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"unsupported cache type {type(cache).__name__}: expected a transformers Cache")
+    return [t for layer in layers for t in _tensors_in(layer)]
+
+
+def physical_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (views share storage)."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def cache_bytes(cache: Any) -> int:
+    """Physical bytes of a KV cache: what the tensors occupy, not a count of logical tokens."""
+    return physical_bytes(cache_tensors(cache))
+
+
+def empty_cache(model: Any) -> Any:
+    """An empty transformers KV cache for ``model`` (DynamicCache)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Keep the first ``length`` tokens of every layer of a transformers cache (in place).
+    transformers 5.24's ``crop`` takes the negative number of tokens to remove."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def clone_cache(cache: Any) -> Any:
+    """An independent copy of a cache (every tensor copied)."""
+    return copy.deepcopy(cache)
+
+
+def is_plain_cache(cache: Any) -> bool:
+    """True for a DynamicCache of DynamicLayers with one length in every layer: the cache of a prefix,
+    which a longer prompt can continue (prefix reuse)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if type(cache) is not DynamicCache or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return False
+    return len({layer.get_seq_length() for layer in cache.layers}) <= 1
+
+
+def layer_lengths(cache: Any) -> list[int]:
+    """Tokens held by each layer (they differ after layer-varying compression)."""
+    return [layer.get_seq_length() for layer in cache.layers]
+
+
+def layer_kv(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached keys and values (b, k, n, d) of one layer."""
+    entry = cache.layers[layer]
+    return entry.keys, entry.values
+
+
+def set_layer_kv(cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Replace one layer's cached keys and values (the old storages are freed when nothing else holds them)."""
+    entry = cache.layers[layer]
+    entry.keys, entry.values = keys, values
+
+
+def set_layer(cache: Any, layer: int, replacement: Any) -> None:
+    """Replace a cache's layer object (a method's own storage, see :func:`layer_type`) in place."""
+    cache.layers[layer] = replacement
+
+
+@functools.cache
+def layer_type(storage: type) -> type:
+    """A transformers cache-layer class made of a method's ``storage`` class (its own tensors and ``update``)
+    on top of transformers' ``DynamicLayer`` (so the cache's bookkeeping works); built once per storage."""
+    from transformers.cache_utils import DynamicLayer
+
+    return type(storage.__name__.removesuffix("Storage") + "Layer", (storage, DynamicLayer), {})

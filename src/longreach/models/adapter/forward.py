@@ -1,0 +1,51 @@
+"""Forward passes: a cached forward at explicit positions (inference) and a forward with gradients from the
+input embeddings (profiling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from longreach.models.adapter.cache import layer_lengths
+
+
+def forward(
+    model: Any, input_ids: torch.Tensor, cache: Any = None, start: int = 0, logits_to_keep: int = 1
+) -> tuple[torch.Tensor, Any]:
+    """One forward pass with a KV cache: returns (logits of the last ``logits_to_keep`` positions, cache).
+
+    ``start`` is the absolute position of ``input_ids[:, 0]``; passing it explicitly keeps positions right
+    when a cache method has evicted tokens (the cache length is then shorter than the sequence).
+    transformers 5.24 names the cache argument and output ``cache`` (``past_key_values`` before).
+
+    When the layers of ``cache`` hold different numbers of tokens (layer-varying compression), a multi-token
+    input is read one token at a time: transformers builds one causal mask from layer 0's length, which would
+    be wrong for the other layers, while single-token steps need no mask.
+    """
+    if cache is not None and input_ids.shape[1] > 1 and len(set(layer_lengths(cache))) > 1:
+        logits = []
+        for offset in range(input_ids.shape[1]):
+            step, cache = forward(model, input_ids[:, offset : offset + 1], cache, start + offset, 1)
+            logits.append(step)
+        return torch.cat(logits, dim=1)[:, -logits_to_keep:], cache
+    positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+    return out.logits, out.cache
+
+
+def forward_with_grad(model: Any, input_ids: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
+    """Logits of the last ``logits_to_keep`` positions with autograd recording from the input embeddings on
+    (the weights' own gradients are not computed): for gradient profiling. No cache."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False, logits_to_keep=logits_to_keep)
+            return out.logits
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)

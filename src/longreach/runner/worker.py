@@ -1,0 +1,113 @@
+"""What runs cells, wherever an executor puts it: a :class:`Worker` builds its backend through the one factory,
+prepares the run's stacks (capacity check, ``auto`` calibration), resolves the prompt format, and turns each cell
+into a :class:`~longreach.results.Record` (generate the sample, run it, score it)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from longreach.backends import build_backend
+from longreach.backends.openai import BackendUnavailable
+from longreach.errors import LongreachError
+from longreach.generation import Generation, Request
+from longreach.methods import MethodStack
+from longreach.prompts import PromptFormat, resolve_format
+from longreach.results import Cell, Record
+from longreach.results.provenance import code_version, environment, now
+from longreach.runner.plan import Plan, RunConfig
+from longreach.tasks import Sample, Task
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a worker reports once ready: its provenance and the calibrations its preparation made."""
+
+    provenance: dict[str, Any]
+    calibration: dict[str, Any]
+
+
+class Worker:
+    """One backend (one model load) and the run's parsed tasks and prepared stacks."""
+
+    def __init__(self, config: RunConfig, longest: int) -> None:
+        plan = Plan.from_config(config)
+        self.config = config
+        self.tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
+        self.backend = build_backend(config.backend, config.model_settings())
+        preparation = self.backend.prepare(plan.stacks, longest)
+        self.stacks = preparation.stacks
+        self.frame = resolve_format(self.backend.tokenizer, config.prompt)
+        provenance = {
+            **code_version(),
+            **environment(),
+            **self.backend.facts(),
+            "host": socket.gethostname(),
+            "settings": config.settings(),
+            "prompt_format": self.frame.name,
+            "created_at": now(),
+        }
+        self.started = Started(provenance, preparation.calibration)
+
+    def run(self, cell: Cell) -> Record:
+        task, stack = self.tasks[cell.task], self.stacks[cell.method]
+        return run_cell(cell, task, stack, self.backend, self.config.seed, self.frame)
+
+
+def request_of(sample: Sample, mode: str) -> Request:
+    """The request that reads ``sample`` in question mode ``mode`` (with its chat turns when chat-formatted)."""
+    chat = None
+    if sample.frame.name == "chat":
+        chat = (sample.context + sample.question, sample.frame.answer_prefix(sample.answer_prefix))
+    return Request(sample.prompt, sample.max_new_tokens, sample.stop, sample.question_offset, mode, chat)  # type: ignore[arg-type]
+
+
+def metrics_of(sample: Sample, generation: Generation, score: float) -> dict[str, float | int | None]:
+    """The declared metrics of a finished cell."""
+    decode_tok_s = generation.decode_steps / generation.decode_seconds if generation.decode_seconds else None
+    return {
+        "score": score,
+        "seconds": generation.seconds,
+        "prefill_seconds": generation.prefill_seconds,
+        "decode_seconds": generation.decode_seconds,
+        "decode_tok_s": decode_tok_s,
+        "decode_steps": generation.decode_steps,
+        "peak_rss_mb": generation.peak_rss_mb,
+        "peak_gpu_mb": generation.peak_gpu_mb,
+        "kv_cache_bytes": generation.kv_cache_bytes,
+        "compressed_kv_bytes": generation.compressed_kv_bytes,
+        "realized_tokens": generation.prompt_tokens or sample.meta["realized_tokens"],
+        "reused_tokens": generation.reused_tokens,
+        "new_tokens": generation.new_tokens,
+        "realized_depth": sample.meta.get("realized_depth"),
+        "random_baseline": sample.meta.get("random_baseline"),
+    }
+
+
+def run_cell(cell: Cell, task: Task, stack: MethodStack, backend: Any, seed: int, frame: PromptFormat) -> Record:
+    """Generate the cell's sample, run it, score it. A server that cannot be reached stops the run."""
+    try:
+        sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index, frame=frame)
+        generation = backend.generate([request_of(sample, cell.mode)], stack)[0]
+        expected = sample.meta["realized_tokens"]
+        if generation.prompt_tokens and generation.prompt_tokens != expected:
+            raise LongreachError(
+                f"the backend read {generation.prompt_tokens} prompt tokens where the prompt has {expected}: its "
+                "tokenizer or chat template differs from the one the prompt was fitted with"
+            )
+        score = task.score(sample, generation.text)
+    except BackendUnavailable as exc:
+        message = f"{exc}. Finished cells are saved; rerun with --resume once the server is back"
+        raise BackendUnavailable(message) from None
+    except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
+        return Record(cell, "error", error=f"{type(exc).__name__}: {exc}")
+    meta = {k: v for k, v in sample.meta.items() if k not in ("realized_tokens", "realized_depth", "random_baseline")}
+    return Record(
+        cell,
+        "ok",
+        metrics_of(sample, generation, score),
+        prediction=generation.text,
+        answers=list(sample.answers),
+        meta=meta,
+    )

@@ -1,0 +1,167 @@
+"""Run a study: each stage is a resumable run into ``OUT/<stage>/``; a prune rule drops the rows that scored below its
+bar in an earlier stage (recorded with their scores); ``study report`` merges every stage into one report.
+
+Sharding: ``executor=local:shard=i/n`` runs the i-th slice of every stage, so n processes (on n devices or sharing
+one) fill the same stores together. A stage that prunes on an earlier one waits until every cell of that stage is
+stored (by any process), since a rule judged on part of a stage would prune differently in each process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from longreach.errors import LongreachError
+from longreach.methods import parse_stack
+from longreach.report.render import Table, render_report
+from longreach.results import STORE_NAME, ResultsStore
+from longreach.runner import RunConfig, RunSummary, run_sweep
+from longreach.runner.plan import Plan
+from longreach.study.spec import Stage, Study
+
+POLL_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    name: str
+    summary: RunSummary
+    seconds: float
+    pruned: dict[str, float]
+
+
+def stage_config(
+    study: Study, stage: Stage, out: Path, executor: str, device: str, methods: tuple[str, ...]
+) -> RunConfig:
+    """The run configuration of one stage (its rows after pruning)."""
+    return RunConfig(
+        grid=replace(stage.grid, methods=methods),
+        out=out / stage.name,
+        model=study.model,
+        dtype=study.dtype,
+        device=device,
+        seed=study.seed,
+        backend=stage.backend,
+        executor=executor,
+        prompt=stage.prompt or study.prompt,
+        reuse_prefix=stage.reuse_prefix,
+        interleave=stage.interleave,
+        resume=True,
+        threshold=study.threshold,
+    )
+
+
+def _mean_scores(folder: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean score per method over a stage's ``ok`` cells, and the number of stored cells (ok or error) per method."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    stored: dict[str, int] = defaultdict(int)
+    if (folder / STORE_NAME).is_file():
+        with ResultsStore(folder) as store:
+            for row in store.rows():
+                stored[row["method"]] += 1
+                if row["status"] == "ok":
+                    scores[row["method"]].append(row["score"])
+    return {m: statistics.fmean(v) for m, v in scores.items()}, dict(stored)
+
+
+def rows_after_pruning(
+    study: Study, stage: Stage, out: Path, wait: float, executor: str = "local", device: str = "cpu"
+) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The stage's method specs once its prune rule is applied, and the pruned rows with their scores."""
+    methods = tuple(parse_stack(m).repr for m in stage.grid.methods)
+    if stage.prune is None:
+        return methods, {}
+    source = study.stage(stage.prune.stage)
+    source_methods, _ = rows_after_pruning(study, source, out, wait, executor, device)
+    config = stage_config(study, source, out, executor, device, source_methods)
+    per_method = len(Plan.from_config(config).cells("raw")) // max(1, len(source_methods))
+    deadline = time.monotonic() + wait
+    while True:
+        scores, stored = _mean_scores(out / source.name)
+        missing = {m: per_method - stored.get(m, 0) for m in source_methods if stored.get(m, 0) < per_method}
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise LongreachError(
+                f"stage {stage.name} prunes on stage {source.name}, which lacks {sum(missing.values())} cells "
+                f"(of {', '.join(missing)}); run {source.name} to the end first (other shards may still be running)"
+            )
+        time.sleep(POLL_SECONDS)
+    keep = set(stage.prune.keep)
+    pruned = {m: scores.get(m, 0.0) for m in methods if m not in keep and scores.get(m, 0.0) < stage.prune.below}
+    return tuple(m for m in methods if m not in pruned), pruned
+
+
+def run_study(
+    study: Study,
+    out: Path,
+    *,
+    stages: list[str] | None = None,
+    executor: str = "local",
+    device: str = "cpu",
+    show_progress: bool = True,
+    wait: float = 3600.0,
+) -> list[StageOutcome]:
+    """Run the named stages (default: all, in file order) into ``out``; each stage resumes what is stored."""
+    chosen = [study.stage(name) for name in stages] if stages else list(study.stages)
+    outcomes = []
+    for stage in chosen:
+        methods, pruned = rows_after_pruning(study, stage, out, wait, executor, device)
+        config = stage_config(study, stage, out, executor, device, methods)
+        start = time.perf_counter()
+        summary = run_sweep(config, show_progress=show_progress)
+        seconds = time.perf_counter() - start
+        with ResultsStore(config.out) as store:
+            walls = store.meta().get("wall_seconds", [])
+            store.set_meta(
+                study=study.source,
+                stage=stage.name,
+                label=stage.label,
+                pruned=pruned,
+                wall_seconds=walls + [{"executor": executor, "seconds": round(seconds, 1), "ran": summary.ran}],
+            )
+        outcomes.append(StageOutcome(stage.name, summary, seconds, pruned))
+    return outcomes
+
+
+def _stage_table(study: Study, out: Path) -> Table:
+    rows = []
+    for stage in study.stages:
+        folder = out / stage.name
+        if not (folder / STORE_NAME).is_file():
+            rows.append([stage.name, "not run", "-", "-", "-", "-"])
+            continue
+        with ResultsStore(folder) as store:
+            meta, stored = store.meta(), store.rows()
+        failed = sum(r["status"] == "error" for r in stored)
+        walls = meta.get("wall_seconds", [])
+        wall = ", ".join(f"{w['seconds']:.0f}" for w in walls if w.get("ran")) or "-"
+        pruned = ", ".join(f"{m} ({s:.2f})" for m, s in (meta.get("pruned") or {}).items()) or "-"
+        rule = f"< {stage.prune.below:g} in {stage.prune.stage}" if stage.prune else "-"
+        rows.append([stage.name, str(len(stored)), str(failed), wall, rule, pruned])
+    return Table(
+        f"Study {study.name}: stages",
+        ["stage", "cells stored", "failed", "wall seconds per process run", "prune rule", "pruned rows (score)"],
+        rows,
+        study.description,
+    )
+
+
+def report_study(study: Study, out: Path, report_out: Path | None = None, baseline: str | None = None) -> Path:
+    """Merge every stage that has run into one report (``report_out``, default ``out``); returns report.html."""
+    folders = [out / s.name for s in study.stages if (out / s.name / STORE_NAME).is_file()]
+    if not folders:
+        raise LongreachError(f"{out} holds no stage of study {study.name}; run `longreach study run` first")
+    extra: dict[str, Any] = {"study": study.source}
+    return render_report(
+        folders,
+        out=report_out or out,
+        threshold=study.threshold,
+        baseline=baseline or study.baseline,
+        preface=[_stage_table(study, out)],
+        extra=extra,
+    )
