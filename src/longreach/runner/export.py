@@ -43,6 +43,7 @@ def export_instances(config: SweepConfig, path: Path) -> int:
                 "model": config.model,
                 "context": sample.context,
                 "question": sample.question,
+                "answer_prefix": sample.answer_prefix,
                 "answers": list(sample.answers),
                 "match": sample.meta.get("match", "all"),
                 "max_new_tokens": sample.max_new_tokens,

@@ -1,22 +1,26 @@
 """``jsonl:PATH``: a user's own instances, one JSON object a line with ``context``, ``question``, ``answers``.
 
-Optional per line: ``match`` (``any``: an alias suffices, the default; ``all``: every item is needed),
-``max_new_tokens``, ``id``. Instance ``index`` is line ``index`` (blank lines skipped). A prompt longer
-than the requested length has the middle of its context cut so it is exactly that long (LongBench's
-policy; recorded as ``truncated_tokens``); a shorter one is used as is (``realized_tokens`` says so).
-Files written by ``longreach generate`` read back into the same prompts.
+Optional per line: ``answer_prefix`` (the text the model continues from, e.g. ``" The answer is"``; in the
+``chat`` prompt format it opens the assistant turn), ``match`` (``any``: an alias suffices, the default;
+``all``: every item is needed), ``max_new_tokens``, ``id``. Instance ``index`` is line ``index`` (blank lines
+skipped). A prompt longer than the requested length, as formatted (chat template included), has the middle of
+its context cut so it is exactly that long (LongBench's policy; recorded as ``truncated_tokens``); a shorter
+one is used as is (``realized_tokens`` says so). Files written by ``longreach generate`` read back into the
+same prompts.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from longreach import tokens
 from longreach.errors import LongreachError
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import scoring
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.fitting import LengthFitError
@@ -48,6 +52,8 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
     for key in ("context", "question"):
         if not isinstance(row.get(key), str):
             raise LongreachError(f"{where}: {key!r} must be a string")
+    if not isinstance(row.get("answer_prefix", ""), str):
+        raise LongreachError(f"{where}: 'answer_prefix' must be a string; got {row['answer_prefix']!r}")
     answers = row.get("answers")
     if isinstance(answers, str):
         row["answers"] = [answers]
@@ -84,21 +90,22 @@ class JsonlTask(Task):
     def num_instances(self) -> int | None:
         return len(read_instances(self.path))
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         rows = read_instances(self.path)
         if not 0 <= index < len(rows):
             raise LongreachError(f"jsonl: {self.path} has {len(rows)} instances; index {index} is out of range")
         row = rows[index]
         context, question = join(row["context"], row["question"])
-        context, cut = _fit_middle(tokenizer, context, question, context_length)
-        meta = {k: v for k, v in row.items() if k not in ("context", "question", "answers")}
-        meta.update(
-            realized_tokens=tokens.count(tokenizer, context + question),
-            truncated_tokens=cut,
-            match=row.get("match", "any"),
-            line_index=index,
-        )
-        return Sample(
+        answer_prefix = row.get("answer_prefix", "")
+
+        def render(text: str) -> str:
+            return frame.render(text, question, answer_prefix)
+
+        context, cut = _fit_middle(tokenizer, context, render, context_length)
+        meta = {k: v for k, v in row.items() if k not in ("context", "question", "answers", "answer_prefix")}
+        sample = Sample(
             task="jsonl",
             context=context,
             question=question,
@@ -106,7 +113,16 @@ class JsonlTask(Task):
             max_new_tokens=int(row.get("max_new_tokens", self.max_new_tokens)),
             stop=(),
             meta=meta,
+            answer_prefix=answer_prefix,
+            frame=frame,
         )
+        meta.update(
+            realized_tokens=tokens.count(tokenizer, sample.prompt),
+            truncated_tokens=cut,
+            match=row.get("match", "any"),
+            line_index=index,
+        )
+        return sample
 
     def score(self, sample: Sample, prediction: str) -> float:
         if sample.meta.get("match") == "all":
@@ -114,9 +130,9 @@ class JsonlTask(Task):
         return scoring.match_any(sample.answers, prediction)
 
 
-def _fit_middle(tokenizer: Any, context: str, question: str, limit: int) -> tuple[str, int]:
-    """Cut tokens from the middle of ``context`` until the prompt has ``limit`` tokens (at most)."""
-    total = tokens.count(tokenizer, context + question)
+def _fit_middle(tokenizer: Any, context: str, render: Callable[[str], str], limit: int) -> tuple[str, int]:
+    """Cut tokens from the middle of ``context`` until the prompt ``render(context)`` has ``limit`` tokens (at most)."""
+    total = tokens.count(tokenizer, render(context))
     if total <= limit:
         return context, 0
     ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -126,7 +142,7 @@ def _fit_middle(tokenizer: Any, context: str, question: str, limit: int) -> tupl
         if keep <= 0:
             break
         shorter = tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
-        excess = tokens.count(tokenizer, shorter + question) - limit
+        excess = tokens.count(tokenizer, render(shorter)) - limit
         if excess <= 0:
             best = (shorter, cut)
         if excess == 0:
