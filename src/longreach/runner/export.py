@@ -1,8 +1,8 @@
 """``longreach generate``: write the instances a sweep would run to a JSONL file (tokenizer only, no weights).
 
-Each line holds ``context``, ``question`` and ``answers`` (so ``jsonl:FILE`` reads it back into the same
-prompts), the coordinates, the scoring rule and the generator's metadata, and a canary string so leaks
-of these files into training data can be detected.
+Each line is :func:`longreach.tasks.jsonl.instance_line`: the sample's parts (so ``jsonl:FILE`` reads it back
+into the same prompts), the coordinates, the family's scorer and the generator's metadata (so it scores the
+same), and a canary string so leaks of these files into training data can be detected.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from pathlib import Path
 from longreach.errors import LongreachError
 from longreach.models import load_tokenizer, resolve
 from longreach.runner.plan import Plan, SweepConfig
-
-CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
+from longreach.tasks.jsonl import CANARY, instance_line  # noqa: F401 (CANARY: where callers found it)
 
 
 def export_instances(config: SweepConfig, path: Path) -> int:
@@ -34,23 +33,15 @@ def export_instances(config: SweepConfig, path: Path) -> int:
                 )
             except LongreachError as exc:
                 raise LongreachError(f"{cell.task} at {cell.context_length} tokens: {exc}") from None
-            line = {
-                "task": cell.task,
-                "context_length": cell.context_length,
-                "depth": cell.depth,
-                "index": cell.index,
-                "seed": config.seed,
-                "model": config.model,
-                "context": sample.context,
-                "question": sample.question,
-                "answer_prefix": sample.answer_prefix,
-                "answers": list(sample.answers),
-                "match": sample.meta.get("match", "all"),
-                "max_new_tokens": sample.max_new_tokens,
-                "stop": list(sample.stop),
-                "meta": sample.meta,
-                "canary": CANARY,
-            }
+            line = instance_line(
+                sample,
+                cell.task,
+                context_length=cell.context_length,
+                depth=cell.depth,
+                index=cell.index,
+                seed=config.seed,
+                model=config.model,
+            )
             handle.write(json.dumps(line) + "\n")
     os.replace(partial, path)
     return len(cells)
