@@ -113,7 +113,9 @@ def test_singular_template_matches_ruler():
     assert sample.context.startswith("A special magic number is hidden within the following text.")
     assert "I will quiz you about the number afterwards." in sample.context
     assert sample.question.startswith("\nWhat is the special magic number for ")
-    assert sample.question.endswith("mentioned in the provided text is")
+    assert sample.question.endswith("mentioned in the provided text?")
+    assert sample.answer_prefix.startswith(" The special magic number for ")
+    assert sample.answer_prefix.endswith("mentioned in the provided text is")
 
 
 def test_plural_template_lists_every_queried_key():
@@ -121,7 +123,7 @@ def test_plural_template_lists_every_queried_key():
     keys = sample.meta["keys"]
     assert len(keys) == 4 and len(sample.answers) == 4
     assert f"{keys[0]}, {keys[1]}, {keys[2]}, and {keys[3]}" in sample.question
-    assert sample.question.endswith("mentioned in the provided text are")
+    assert sample.answer_prefix.endswith("mentioned in the provided text are")
 
 
 def _tok():

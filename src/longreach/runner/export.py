@@ -1,8 +1,8 @@
 """``longreach generate``: write the instances a sweep would run to a JSONL file (tokenizer only, no weights).
 
-Each line holds ``context``, ``question`` and ``answers`` (so ``jsonl:FILE`` reads it back into the same
-prompts), the coordinates, the scoring rule and the generator's metadata, and a canary string so leaks
-of these files into training data can be detected.
+Each line is :func:`longreach.tasks.jsonl.instance_line`: the sample's parts (so ``jsonl:FILE`` reads it back
+into the same prompts), the coordinates, the family's scorer and the generator's metadata (so it scores the
+same), and a canary string so leaks of these files into training data can be detected.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 
 from longreach.errors import LongreachError
 from longreach.runner.plan import Plan, RunConfig
-
-CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
+from longreach.tasks.jsonl import instance_line
 
 
 def export_instances(config: RunConfig, path: Path) -> int:
@@ -33,22 +32,15 @@ def export_instances(config: RunConfig, path: Path) -> int:
                 )
             except LongreachError as exc:
                 raise LongreachError(f"{cell.task} at {cell.context_length} tokens: {exc}") from None
-            line = {
-                "task": cell.task,
-                "context_length": cell.context_length,
-                "depth": cell.depth,
-                "index": cell.index,
-                "seed": config.seed,
-                "model": config.model,
-                "context": sample.context,
-                "question": sample.question,
-                "answers": list(sample.answers),
-                "match": sample.meta.get("match", "all"),
-                "max_new_tokens": sample.max_new_tokens,
-                "stop": list(sample.stop),
-                "meta": sample.meta,
-                "canary": CANARY,
-            }
+            line = instance_line(
+                sample,
+                cell.task,
+                context_length=cell.context_length,
+                depth=cell.depth,
+                index=cell.index,
+                seed=config.seed,
+                model=config.model,
+            )
             handle.write(json.dumps(line) + "\n")
     os.replace(partial, path)
     return len(cells)

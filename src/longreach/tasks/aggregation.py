@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import drawn_units
@@ -59,12 +60,14 @@ class Aggregation(Task):
         require(1.0 <= self.alpha <= 4.0, f"aggregation: alpha must be in [1, 4]; got {self.alpha}")
         require(self.max_new_tokens >= 0, f"aggregation: max_new_tokens must be >= 0; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         if self.mode == "common":
-            return self._common(tokenizer, context_length, seed, index)
-        return self._frequent(tokenizer, context_length, seed, index)
+            return self._common(tokenizer, context_length, seed, index, frame)
+        return self._frequent(tokenizer, context_length, seed, index, frame)
 
-    def _common(self, tokenizer: Any, context_length: int, seed: int, index: int) -> Sample:
+    def _common(self, tokenizer: Any, context_length: int, seed: int, index: int, frame: PromptFormat) -> Sample:
         name = f"aggregation/common/{self.n_top}"
         probe = rng.stream(seed, name, "probe", index)
         filler_rng = rng.stream(seed, name, "filler", context_length, index)
@@ -87,10 +90,9 @@ class Aggregation(Task):
                 "Below is a list of words. In these words, some appear more often than others. "
                 "Memorize the ones that appear most often.\n"
             ),
-            question=(
-                f"\nQuestion: What are the {self.n_top} most common words in the above list? "
-                f"Answer: The top {self.n_top} words that appear most often in the list are:"
-            ),
+            question=f"\nQuestion: What are the {self.n_top} most common words in the above list?",
+            answer_prefix=f" Answer: The top {self.n_top} words that appear most often in the list are:",
+            frame=frame,
             needles=needles,
             unit=_flatten(block),
             sep=" ",
@@ -99,7 +101,7 @@ class Aggregation(Task):
         distinct = len(set(fitted.context.split()))
         return self._sample(fitted, top, 120, distinct, {"freq_top": freq_top, "freq_rest": freq_rest})
 
-    def _frequent(self, tokenizer: Any, context_length: int, seed: int, index: int) -> Sample:
+    def _frequent(self, tokenizer: Any, context_length: int, seed: int, index: int, frame: PromptFormat) -> Sample:
         name = f"aggregation/frequent/{self.alpha}"
         probe = rng.stream(seed, name, "probe", index)
         ranked = words.unique(probe, lambda r: words.letters(r, 6).lower(), 64, set())
@@ -126,9 +128,12 @@ class Aggregation(Task):
                 ),
                 question=(
                     "\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three "
-                    "most frequently appeared words in the above coded text? Answer: According to the coded text "
-                    "above, the three most frequently appeared words are:"
+                    "most frequently appeared words in the above coded text?"
                 ),
+                answer_prefix=(
+                    " Answer: According to the coded text above, the three most frequently appeared words are:"
+                ),
+                frame=frame,
                 needles=[],
                 unit=_flatten(block),
                 sep=" ",

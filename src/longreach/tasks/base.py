@@ -1,8 +1,9 @@
 """The Task abstraction: a pure generator of exact-length samples plus a scorer.
 
-``generate(tokenizer, context_length, depth, seed, index) -> Sample`` and ``score(sample, prediction)``
-in [0, 1]. No I/O at generation time beyond what a task was built from, no globals: every sample draws
-from its own RNG (see :mod:`longreach.tasks.rng`).
+``generate(tokenizer, context_length, depth, seed, index, frame=RAW) -> Sample`` and
+``score(sample, prediction)`` in [0, 1]. ``frame`` is the prompt format (:mod:`longreach.prompts`): the
+length is exact for the whole formatted prompt, chat template included. No I/O at generation time beyond
+what a task was built from, no globals: every sample draws from its own RNG (see :mod:`longreach.tasks.rng`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from longreach import params
 from longreach.errors import LongreachError
+from longreach.prompts import RAW, PromptFormat
 from longreach.registry import Registry
 
 if TYPE_CHECKING:
@@ -21,12 +23,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Sample:
-    """One test instance. The backend reads ``prompt`` = ``context + question``.
+    """One test instance. The backend reads ``prompt`` = ``frame.render(context, question, answer_prefix)``.
 
-    ``context`` is what a question-agnostic method may see (and compress) before the question;
-    ``question`` ends with the answer prefix the model continues from.
-    ``meta`` holds realized_tokens, needle_token_offsets, realized_depth, ``random_baseline`` (the expected
-    score of a guess, stated per family) and generator details.
+    The parts are unformatted: ``context`` (instructions + haystack) is what a question-agnostic method may
+    see (and compress) before the question; ``question`` is the question alone; ``answer_prefix`` is the text
+    the model continues from (``" The pass key is"``). In the ``raw`` frame the prompt is the three joined.
+    ``meta`` holds realized_tokens, needle_token_offsets (token indices in ``encode(prompt)``),
+    realized_depth, ``random_baseline`` (the expected score of a guess, stated per family) and generator details.
     """
 
     task: str
@@ -36,10 +39,18 @@ class Sample:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    answer_prefix: str = ""
+    frame: PromptFormat = RAW
 
     @property
     def prompt(self) -> str:
-        return self.context + self.question
+        return self.frame.render(self.context, self.question, self.answer_prefix)
+
+    @property
+    def question_offset(self) -> int:
+        """Character offset in ``prompt`` where the part after the context begins (question, template
+        suffix, answer prefix): ``prompt[:question_offset]`` is what a question-agnostic read may see."""
+        return len(self.frame.head(self.context))
 
     @classmethod
     def from_fit(
@@ -52,8 +63,8 @@ class Sample:
         stop: tuple[str, ...] = (),
         **meta: Any,
     ) -> Sample:
-        """A sample whose prompt is a fitted haystack: its context and question, its length and placement
-        facts (:meth:`Fitted.meta`) and the generator's own ``meta`` entries."""
+        """A sample whose prompt is a fitted haystack: its context, question, answer prefix and frame, its
+        length and placement facts (:meth:`Fitted.meta`) and the generator's own ``meta`` entries."""
         return cls(
             task=task,
             context=fitted.context,
@@ -62,6 +73,8 @@ class Sample:
             max_new_tokens=max_new_tokens,
             stop=stop,
             meta={**fitted.meta(), **meta},
+            answer_prefix=fitted.answer_prefix,
+            frame=fitted.frame,
         )
 
 
@@ -73,7 +86,10 @@ class Task:
     summary: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = True
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
+        """The sample at these coordinates, its whole prompt in ``frame`` exactly ``context_length`` tokens."""
         raise NotImplementedError
 
     def score(self, sample: Sample, prediction: str) -> float:

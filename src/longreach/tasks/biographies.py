@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import drawn_units
@@ -134,7 +135,9 @@ class Biographies(Task):
     def targets(self) -> int:
         return {"multi_retrieve": self.n_targets, "rank": self.n_targets, "age_diff": 2, "compare": 2}.get(self.op, 1)
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"biographies/{self.op}/{self.n_targets}/{self.style}"
         probe = rng.stream(seed, name, "probe", self.attribute, depth, index)
         filler_rng = rng.stream(seed, name, "filler", self.attribute, context_length, depth, index)
@@ -149,7 +152,7 @@ class Biographies(Task):
                 Person(p.name, p.bio_id, (y, *p.birthdate[1:]), p.attributes)
                 for p, y in zip(people, years, strict=True)
             ]
-        question, answers, evidence = self._question(people, attribute)
+        question, answer_prefix, answers, evidence = self._question(people, attribute)
         depths = [depth] + [round(probe.random(), 4) for _ in people[1:]]
         needles = [
             fitting.Needle(self._bio(p, probe, attribute, drop=self.op == "idk"), d)
@@ -166,6 +169,8 @@ class Biographies(Task):
             context_length,
             head=HEAD,
             question=question,
+            answer_prefix=answer_prefix,
+            frame=frame,
             needles=needles,
             unit=drawn_units(distractor),
             sep="\n",
@@ -202,36 +207,32 @@ class Biographies(Task):
         )
         return f"{label}{opening} {' '.join(sentences)} This is the end of this bio."
 
-    def _question(self, people: list[Person], attribute: str) -> tuple[str, list[str], list[str]]:
-        """(question ending in the answer prefix, gold answers, evidence found in the first target bio)."""
+    def _question(self, people: list[Person], attribute: str) -> tuple[str, str, list[str], list[str]]:
+        """(question, answer prefix, gold answers, evidence found in the first target bio)."""
         first = people[0]
         noun = _NOUN.get(attribute, "")
         if self.op in ("retrieve", "cite"):
             value = first.value(attribute)
+            prefix = f"\nAnswer: The {noun} of {first.name} is"
             if self.op == "retrieve":
-                return (
-                    f"\n\nQuestion: What is the {noun} of {first.name}?\nAnswer: The {noun} of {first.name} is",
-                    [value],
-                    [value],
-                )
+                return f"\n\nQuestion: What is the {noun} of {first.name}?", prefix, [value], [value]
             return (
                 f"\n\nQuestion: What is the {noun} of {first.name}? Give the answer, then cite the bio that states "
-                f"it as [id].\nAnswer: The {noun} of {first.name} is",
+                "it as [id].",
+                prefix,
                 [value, first.bio_id],
                 [value, first.bio_id],
             )
         if self.op == "multi_retrieve":
             names = ", ".join(p.name for p in people)
             values = [p.value(attribute) for p in people]
-            return (
-                f"\n\nQuestion: What are the {noun}s of {names}, in this order?\nAnswer: In order, they are",
-                values,
-                [values[0]],
-            )
+            question = f"\n\nQuestion: What are the {noun}s of {names}, in this order?"
+            return question, "\nAnswer: In order, they are", values, [values[0]]
         if self.op == "idk":
             return (
                 f"\n\nQuestion: What is the {noun} of {first.name}? If the context does not state it, answer "
-                f'"{_REFUSAL}".\nAnswer:',
+                f'"{_REFUSAL}".',
+                "\nAnswer:",
                 ["not stated"],
                 [first.name],
             )
@@ -239,7 +240,7 @@ class Biographies(Task):
         if self.op == "age_diff":
             gap = abs(a.birthdate[0] - b.birthdate[0])
             return (
-                f"\n\nQuestion: How many years apart were {a.name} and {b.name} born (difference of birth years)?"
+                f"\n\nQuestion: How many years apart were {a.name} and {b.name} born (difference of birth years)?",
                 "\nAnswer: The difference is",
                 [str(gap)],
                 [a.value("birthdate")],
@@ -247,14 +248,16 @@ class Biographies(Task):
         if self.op == "compare":
             older = min(people[:2], key=lambda p: p.birthdate)
             return (
-                f"\n\nQuestion: Who was born earlier, {a.name} or {b.name}?\nAnswer: The one born earlier is",
+                f"\n\nQuestion: Who was born earlier, {a.name} or {b.name}?",
+                "\nAnswer: The one born earlier is",
                 [older.name],
                 [a.value("birthdate")],
             )
         ordered = sorted(people, key=lambda p: p.birthdate)
         names = ", ".join(p.name for p in people)
         return (
-            f"\n\nQuestion: Rank {names} from the earliest born to the latest born.\nAnswer: From earliest to latest:",
+            f"\n\nQuestion: Rank {names} from the earliest born to the latest born.",
+            "\nAnswer: From earliest to latest:",
             [p.name for p in ordered],
             [a.value("birthdate")],
         )

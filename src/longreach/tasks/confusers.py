@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import prose_units
@@ -64,7 +65,9 @@ class Confusers(Task):
         require(0 <= self.n_confusers <= 64, f"confusers: n_confusers must be in 0..64; got {self.n_confusers}")
         require(self.max_new_tokens >= 1, f"confusers: max_new_tokens must be >= 1; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"confusers/{self.n_confusers}/{self.answerable}"
         probe = rng.stream(seed, name, "probe", self.fact, depth, index)
         filler_rng = rng.stream(seed, name, "filler", self.fact, context_length, depth, index)
@@ -89,13 +92,14 @@ class Confusers(Task):
         question = (
             f"\n\nAnswer the question based on the text above. If the text does not state the answer, say "
             f'"not stated".\nQuestion: {asked} the town of {town} {tail}'.replace(" ?", "?")
-            + "\nAnswer:"
         )
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head="Read the following text.\n",
             question=question,
+            answer_prefix="\nAnswer:",
+            frame=frame,
             needles=needles,
             unit=prose_units(filler_rng),
             sep=" ",

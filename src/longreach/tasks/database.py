@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import drawn_units
@@ -68,7 +69,9 @@ class Database(Task):
         require(2 <= self.num_grapes <= 20, f"database: num_grapes must be in 2..20; got {self.num_grapes}")
         require(self.max_new_tokens >= 1, f"database: max_new_tokens must be >= 1; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"database/{self.query}/{self.num_rows}/{self.num_grapes}"
         probe = rng.stream(seed, name, "probe", index)
         filler_rng = rng.stream(seed, name, "filler", context_length, index)
@@ -104,6 +107,8 @@ class Database(Task):
             context_length,
             head="You will be given a set of sentences, each stating one record of a database table.\n\n",
             question=question,
+            answer_prefix="\nAnswer:",
+            frame=frame,
             needles=needles,
             unit=drawn_units(ship),
             sep="\n",
@@ -126,30 +131,30 @@ class Database(Task):
     def _query(
         self, probe: random.Random, wines: list[tuple], grapes: list[tuple[str, str]], regions: list[str]
     ) -> tuple[str, tuple, str, str]:
-        """(SQL, parameters, the question in words, answer kind)."""
+        """(SQL, parameters, the question in words, answer kind); the answer prefix is a line ``Answer:``."""
         ask = "\n\nQuestion: "
         if self.query == "filter":
             prices = sorted(w[4] for w in wines)
             limit = prices[len(prices) * 2 // 3 - 1]
             text = f"Which wines cost more than {limit} dollars? Answer with their names, separated by commas."
-            return "SELECT name FROM wines WHERE price > ? ORDER BY name", (limit,), f"{ask}{text}\nAnswer:", "list"
+            return "SELECT name FROM wines WHERE price > ? ORDER BY name", (limit,), f"{ask}{text}", "list"
         if self.query == "count":
             region = probe.choice(sorted({w[2] for w in wines}))
             text = f"How many wines come from {region}? Answer with a number."
-            return "SELECT COUNT(*) FROM wines WHERE region = ?", (region,), f"{ask}{text}\nAnswer:", "count"
+            return "SELECT COUNT(*) FROM wines WHERE region = ?", (region,), f"{ask}{text}", "count"
         if self.query in ("max", "min"):
             word, order = ("most", "DESC") if self.query == "max" else ("least", "ASC")
             text = f"Which wine is the {word} expensive? Answer with its name."
-            return f"SELECT name FROM wines ORDER BY price {order} LIMIT 1", (), f"{ask}{text}\nAnswer:", "one"
+            return f"SELECT name FROM wines ORDER BY price {order} LIMIT 1", (), f"{ask}{text}", "one"
         if self.query == "group":
             text = "How many wines come from each region? Answer with one 'region: count' pair per region."
             sql = "SELECT region, COUNT(*) FROM wines GROUP BY region ORDER BY region"
-            return sql, (), f"{ask}{text}\nAnswer:", "group"
+            return sql, (), f"{ask}{text}", "group"
         colors = dict(grapes)
         color = probe.choice(sorted({colors[w[1]] for w in wines}))  # at least one wine has a grape of it
         text = f"Which wines are made from a grape with {color} skin? Answer with their names, separated by commas."
         sql = "SELECT w.name FROM wines w JOIN grapes g ON w.grape = g.grape WHERE g.color = ? ORDER BY w.name"
-        return sql, (color,), f"{ask}{text}\nAnswer:", "list"
+        return sql, (color,), f"{ask}{text}", "list"
 
     def _depths(self, probe: random.Random, count: int) -> list[float]:
         if self.merge == "uniform":

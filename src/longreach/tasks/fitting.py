@@ -1,7 +1,9 @@
 """Exact-length haystacks: fill a prompt with filler units around needles until it is exactly N tokens.
 
-The whole prompt (head + haystack + question, with the tokenizer's special tokens) is counted in the
-model's own tokenizer, as the backend will encode it.
+The whole prompt as the backend sends it is counted in the model's own tokenizer, with its special tokens:
+``frame.render(head + haystack, question, answer_prefix)``, i.e. the chat template's text around the user
+turn too when the frame is ``chat`` (:mod:`longreach.prompts`). Internally the template's prefix is part of
+the head and the question, template suffix and answer prefix form one tail; the returned parts are unformatted.
 
 Fast path (what makes a 1M-token instance cheap): token counts are estimated *additively* from cached
 counts of whitespace-delimited pieces (``" grass"``, ``" green."``), tokenized in batches; the number of
@@ -29,6 +31,7 @@ from typing import Any
 
 from longreach import tokens
 from longreach.errors import LongreachError
+from longreach.prompts import RAW, PromptFormat
 
 
 class LengthFitError(LongreachError):
@@ -46,7 +49,8 @@ class Needle:
 
 @dataclass(frozen=True)
 class Fitted:
-    """A fitted prompt. Offsets are token indices in ``encode(context + question)``."""
+    """A fitted prompt: its unformatted ``context`` (head + haystack), ``question`` and ``answer_prefix``, and
+    the ``frame`` that renders them. Offsets are token indices in ``encode(prompt)``."""
 
     context: str
     question: str
@@ -55,6 +59,13 @@ class Fitted:
     needle_token_offsets: list[tuple[int, int]]
     realized_depths: list[float]
     full_tokenizations: int = 0
+    answer_prefix: str = ""
+    frame: PromptFormat = RAW
+
+    @property
+    def prompt(self) -> str:
+        """The whole text the backend sends, ``realized_tokens`` long."""
+        return self.frame.render(self.context, self.question, self.answer_prefix)
 
     def meta(self) -> dict[str, Any]:
         """The length and placement facts every generated sample records."""
@@ -196,9 +207,25 @@ def fit_haystack(
     unit: Callable[[int], str],
     sep: str = " ",
     needle_sep: str = " ",
+    answer_prefix: str = "",
+    frame: PromptFormat = RAW,
 ) -> Fitted:
-    """Build ``head + haystack`` so that ``encode(context + question)`` has exactly ``target`` tokens."""
-    layout = _Layout(head, question, needles, unit, sep, needle_sep)
+    """Build ``head + haystack`` so that ``encode(frame.render(head + haystack, question, answer_prefix))`` has
+    exactly ``target`` tokens. The result's ``context`` is ``head + haystack`` (without the frame's prefix)."""
+    layout = _Layout(frame.head(head), frame.tail(question, answer_prefix), needles, unit, sep, needle_sep)
+    fitted = _fit(tokenizer, layout, target)
+    return dataclasses.replace(
+        fitted,
+        context=fitted.context[len(frame.prefix) :],
+        question=question,
+        answer_prefix=answer_prefix,
+        frame=frame,
+    )
+
+
+def _fit(tokenizer: Any, layout: _Layout, target: int) -> Fitted:
+    """The fitted layout; its ``context`` is the formatted head + haystack and its ``question`` the whole tail."""
+    question = layout.question
     fixed = tokens.count(tokenizer, layout.render(0)[0] + question)
     if fixed > target:
         raise LengthFitError(f"context_length {target} is smaller than the prompt's fixed part ({fixed} tokens)")
@@ -208,7 +235,7 @@ def fit_haystack(
     units = _largest_fitting(lambda n: _length(tokenizer, layout, n), target, 0)
     units, tail = _fill_deficit(tokenizer, layout, units, target)
     context, spans = layout.render(units, tail)
-    return _measure(tokenizer, context, question, head, spans, units, None)
+    return _measure(tokenizer, context, question, layout.head, spans, units, None)
 
 
 def _length(tokenizer: Any, layout: _Layout, units: int, tail: str = "") -> int:

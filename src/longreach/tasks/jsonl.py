@@ -1,25 +1,60 @@
 """``jsonl:PATH``: a user's own instances, one JSON object a line with ``context``, ``question``, ``answers``.
 
-Optional per line: ``match`` (``any``: an alias suffices, the default; ``all``: every item is needed),
-``max_new_tokens``, ``id``. Instance ``index`` is line ``index`` (blank lines skipped). A prompt longer
-than the requested length has the middle of its context cut so it is exactly that long (LongBench's
-policy; recorded as ``truncated_tokens``); a shorter one is used as is (``realized_tokens`` says so).
-Files written by ``longreach generate`` read back into the same prompts.
+Optional per line: ``answer_prefix`` (the text the model continues from, e.g. ``" The answer is"``; in the
+``chat`` prompt format it opens the assistant turn), ``match`` (``any``: an alias suffices, the default;
+``all``: every item is needed), ``max_new_tokens``, ``stop`` (strings that end the answer), ``id``. Instance
+``index`` is line ``index`` (blank lines skipped). A prompt longer than the requested length, as formatted (chat
+template included), has the middle of its context cut so it is exactly that long (LongBench's policy; recorded
+as ``truncated_tokens``); a shorter one is used as is (``realized_tokens`` says so).
+
+Files written by ``longreach generate`` (one :func:`instance_line` per instance) read back into the same
+prompts and the same scores: such a line names its family's ``scorer`` (the task spec, e.g. ``tsort`` or
+``needle:num_keys=4``) and carries the generator's ``meta`` that the family's ``score`` reads.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from longreach import tokens
+from longreach import params, tokens
 from longreach.errors import LongreachError
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import scoring
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, parse_task
 from longreach.tasks.fitting import LengthFitError
+
+CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
+_PARTS = ("context", "question", "answer_prefix", "answers", "stop", "meta")
+_TOKEN_FACTS = ("needle_token_offsets",)  # token indices of the exporting tokenizer and format: not carried
+
+
+def instance_line(sample: Sample, spec: str, **coordinates: Any) -> dict[str, Any]:
+    """One line of an exported instance file: ``jsonl:FILE`` reads it back into the same prompt and scores it
+    with the family's own rule (``scorer``: the task spec; the family's ``score`` reads ``meta``).
+
+    ``coordinates`` (context_length, depth, index, seed, model, ...) are written as given after ``task``;
+    a line carries the canary string so leaks of these files into training data can be detected.
+    """
+    scorer = sample.meta.get("scorer") if sample.task == JsonlTask.family else spec
+    return {
+        "task": spec,
+        **coordinates,
+        "context": sample.context,
+        "question": sample.question,
+        "answer_prefix": sample.answer_prefix,
+        "answers": list(sample.answers),
+        **({"scorer": scorer} if scorer else {}),
+        "match": sample.meta.get("match", "all"),
+        "max_new_tokens": sample.max_new_tokens,
+        "stop": list(sample.stop),
+        "meta": sample.meta,
+        "canary": CANARY,
+    }
 
 
 @functools.cache
@@ -48,6 +83,8 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
     for key in ("context", "question"):
         if not isinstance(row.get(key), str):
             raise LongreachError(f"{where}: {key!r} must be a string")
+    if not isinstance(row.get("answer_prefix", ""), str):
+        raise LongreachError(f"{where}: 'answer_prefix' must be a string; got {row['answer_prefix']!r}")
     answers = row.get("answers")
     if isinstance(answers, str):
         row["answers"] = [answers]
@@ -55,7 +92,31 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
         raise LongreachError(f"{where}: 'answers' must be a string or a non-empty list of strings")
     if row.get("match", "any") not in ("any", "all"):
         raise LongreachError(f"{where}: 'match' must be 'any' or 'all'; got {row['match']!r}")
+    stop = row.get("stop", [])
+    if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
+        raise LongreachError(f"{where}: 'stop' must be a list of non-empty strings; got {stop!r}")
+    if not isinstance(row.get("meta", {}), dict):
+        raise LongreachError(f"{where}: 'meta' must be a JSON object; got {row['meta']!r}")
+    if "scorer" in row:
+        _check_scorer(row["scorer"], where)
     return row
+
+
+def _check_scorer(spec: Any, where: str) -> None:
+    if not isinstance(spec, str):
+        raise LongreachError(f"{where}: 'scorer' must be a task spec string such as 'tsort'; got {spec!r}")
+    if params.split_spec(spec)[0] == JsonlTask.family:
+        raise LongreachError(f"{where}: scorer {spec!r} must name a generated task (see `longreach tasks`)")
+    try:
+        _scorer(spec)
+    except LongreachError as exc:
+        raise LongreachError(f"{where}: scorer {spec!r}: {exc}") from None
+
+
+@functools.cache
+def _scorer(spec: str) -> Task:
+    """The task whose ``score`` a line's ``scorer`` names."""
+    return parse_task(spec).task
 
 
 def join(context: str, question: str) -> tuple[str, str]:
@@ -84,39 +145,53 @@ class JsonlTask(Task):
     def num_instances(self) -> int | None:
         return len(read_instances(self.path))
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         rows = read_instances(self.path)
         if not 0 <= index < len(rows):
             raise LongreachError(f"jsonl: {self.path} has {len(rows)} instances; index {index} is out of range")
         row = rows[index]
         context, question = join(row["context"], row["question"])
-        context, cut = _fit_middle(tokenizer, context, question, context_length)
-        meta = {k: v for k, v in row.items() if k not in ("context", "question", "answers")}
-        meta.update(
-            realized_tokens=tokens.count(tokenizer, context + question),
-            truncated_tokens=cut,
-            match=row.get("match", "any"),
-            line_index=index,
-        )
-        return Sample(
+        answer_prefix = row.get("answer_prefix", "")
+
+        def render(text: str) -> str:
+            return frame.render(text, question, answer_prefix)
+
+        context, cut = _fit_middle(tokenizer, context, render, context_length)
+        meta = {k: v for k, v in row.get("meta", {}).items() if k not in _TOKEN_FACTS}
+        meta.update((k, v) for k, v in row.items() if k not in _PARTS)
+        sample = Sample(
             task="jsonl",
             context=context,
             question=question,
             answers=tuple(row["answers"]),
             max_new_tokens=int(row.get("max_new_tokens", self.max_new_tokens)),
-            stop=(),
+            stop=tuple(row.get("stop", ())),
             meta=meta,
+            answer_prefix=answer_prefix,
+            frame=frame,
         )
+        meta.update(
+            realized_tokens=tokens.count(tokenizer, sample.prompt),
+            truncated_tokens=cut,
+            match=row.get("match", "any"),
+            line_index=index,
+        )
+        return sample
 
     def score(self, sample: Sample, prediction: str) -> float:
+        """The named family's own rule when the line has a ``scorer``; else match_all / match_any by ``match``."""
+        if sample.meta.get("scorer"):
+            return _scorer(sample.meta["scorer"]).score(sample, prediction)
         if sample.meta.get("match") == "all":
             return scoring.match_all(sample.answers, prediction)
         return scoring.match_any(sample.answers, prediction)
 
 
-def _fit_middle(tokenizer: Any, context: str, question: str, limit: int) -> tuple[str, int]:
-    """Cut tokens from the middle of ``context`` until the prompt has ``limit`` tokens (at most)."""
-    total = tokens.count(tokenizer, context + question)
+def _fit_middle(tokenizer: Any, context: str, render: Callable[[str], str], limit: int) -> tuple[str, int]:
+    """Cut tokens from the middle of ``context`` until the prompt ``render(context)`` has ``limit`` tokens (at most)."""
+    total = tokens.count(tokenizer, render(context))
     if total <= limit:
         return context, 0
     ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -126,7 +201,7 @@ def _fit_middle(tokenizer: Any, context: str, question: str, limit: int) -> tupl
         if keep <= 0:
             break
         shorter = tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
-        excess = tokens.count(tokenizer, shorter + question) - limit
+        excess = tokens.count(tokenizer, render(shorter)) - limit
         if excess <= 0:
             best = (shorter, cut)
         if excess == 0:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import prose_units
@@ -62,7 +63,9 @@ class LongGeneration(Task):
     def label(self) -> str:
         return "Week" if self.scenario == "diary" else "Floor"
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"longgen/{self.scenario}/{self.num_entries}"
         probe = rng.stream(seed, name, "probe", index)
         filler_rng = rng.stream(seed, name, "filler", context_length, index)
@@ -77,13 +80,15 @@ class LongGeneration(Task):
             f"\n\nWrite {thing}, for {label.lower()}s 1 to {n}. Start every entry with '#*# {label} k:' (k is the "
             f"{label.lower()} number) and write at least {self.words_per_entry} words in each. Follow these "
             "instructions:\n" + "\n".join(f"- {rule}" for rule in rules) + "\nWhen all entries are written, end with "
-            f"'*** finished'.\n*** started ***\n#*# {label} 1:"
+            "'*** finished'."
         )
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head="Planning notes from last year:\n",
             question=question,
+            answer_prefix=f"\n*** started ***\n#*# {label} 1:",
+            frame=frame,
             needles=[],
             unit=prose_units(filler_rng),
             sep=" ",

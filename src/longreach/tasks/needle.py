@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import NOISE, prose_units
@@ -52,7 +53,9 @@ class NeedleTask(Task):
     def single(self) -> bool:
         return self.num_queries * self.num_values == 1
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"needle/{self.num_keys}/{self.num_values}/{self.num_queries}/{self.key_type}/{self.value_type}"
         probe = rng.stream(seed, name, "probe", self.haystack, depth, index)
         # The haystack depends on the length only (as RULER's one essay): samples differ in their needles,
@@ -64,12 +67,14 @@ class NeedleTask(Task):
         queried = sorted(probe.sample(range(self.num_keys), self.num_queries))
         needles = self._place(probe, keys, values, queried, depth)
         unit = self._filler(filler_rng, taken)
-        head, question = self._templates([keys[q] for q in queried])
+        head, question, answer_prefix = self._templates([keys[q] for q in queried])
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head=head,
             question=question,
+            answer_prefix=answer_prefix,
+            frame=frame,
             needles=needles,
             unit=unit,
             sep=" ",
@@ -121,25 +126,23 @@ class NeedleTask(Task):
 
         return distractor
 
-    def _templates(self, query_keys: list[str]) -> tuple[str, str]:
-        """RULER's niah template and answer prefix, singularised when one value is asked for."""
+    def _templates(self, query_keys: list[str]) -> tuple[str, str, str]:
+        """RULER's niah template (head, question) and answer prefix, singularised when one value is asked for."""
         kind = self.value_type
         query = query_keys[0] if len(query_keys) == 1 else ", ".join(query_keys[:-1]) + ", and " + query_keys[-1]
         head = (
             f"Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
             f"I will quiz you about the {kind} afterwards.\n"
         )
-        question = (
-            f"\nWhat are all the special magic {kind} for {query} mentioned in the provided text? "
-            f"The special magic {kind} for {query} mentioned in the provided text are"
-        )
+        question = f"\nWhat are all the special magic {kind} for {query} mentioned in the provided text?"
+        answer_prefix = f" The special magic {kind} for {query} mentioned in the provided text are"
         if self.single:
             singular = kind[:-1]
             head = head.replace("Some special", "A special").replace(f"magic {kind} are", f"magic {singular} is")
             head = head.replace(f"the {kind} afterwards", f"the {singular} afterwards")
             question = question.replace("What are all", "What is").replace(f"magic {kind}", f"magic {singular}")
-            question = question.replace("text are", "text is")
-        return head, question
+            answer_prefix = answer_prefix.replace(f"magic {kind}", f"magic {singular}").replace("text are", "text is")
+        return head, question, answer_prefix
 
     def score(self, sample: Sample, prediction: str) -> float:
         return scoring.match_all(sample.answers, prediction)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import prose_units
@@ -40,7 +41,9 @@ class Ordering(Task):
         require(2 <= self.n_segments <= 8, f"ordering: n_segments must be in 2..8; got {self.n_segments}")
         require(self.max_new_tokens >= 1, f"ordering: max_new_tokens must be >= 1; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         n = self.n_segments
         name = f"ordering/{n}"
         probe = rng.stream(seed, name, "probe", index)
@@ -59,13 +62,15 @@ class Ordering(Task):
         question = (
             f"\n\nThe segments above, labelled [1] to [{n}], are parts of one journey in shuffled order. Each segment "
             "starts in the city where the previous one ended. Give the labels in the order of the journey as a "
-            "JSON list.\nAnswer:"
+            "JSON list."
         )
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head="Below are segments of a travel log.\n",
             question=question,
+            answer_prefix="\nAnswer:",
+            frame=frame,
             needles=needles,
             unit=prose_units(filler_rng),
             sep=" ",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import NOISE
@@ -20,7 +21,8 @@ HEAD = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
     "I will quiz you about the important information there.\n"
 )
-QUESTION = "\nWhat is the pass key? The pass key is"
+QUESTION = "\nWhat is the pass key?"
+ANSWER_PREFIX = " The pass key is"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class Passkey(Task):
         require(1 <= self.digits <= 20, f"passkey: digits must be in 1..20; got {self.digits}")
         require(self.max_new_tokens >= 1, f"passkey: max_new_tokens must be >= 1; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         probe = rng.stream(seed, "passkey", "probe", self.digits, depth, index)
         key = words.number(probe, self.digits)
         needle = f"The pass key is {key}. Remember it. {key} is the pass key."
@@ -46,6 +50,8 @@ class Passkey(Task):
             context_length,
             head=HEAD,
             question=QUESTION,
+            answer_prefix=ANSWER_PREFIX,
+            frame=frame,
             needles=[fitting.Needle(needle, depth)],
             unit=lambda i: NOISE,
             sep=" ",

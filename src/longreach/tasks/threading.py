@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import drawn_units
@@ -65,17 +66,21 @@ class Threading(Task):
         )
         require(self.max_new_tokens >= 0, f"threading: max_new_tokens must be >= 0; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"threading/{self.mode}/{self.num_needles}/{self.thread_length}/{self.num_threads}/{self.direction}"
         probe = rng.stream(seed, name, "probe", depth, index)
         filler_rng = rng.stream(seed, name, "filler", context_length, depth, index)
         needles, answers, start_keys = self._needles(probe, depth)
-        question = self._question(start_keys)
+        question, answer_prefix = self._question(start_keys)
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head="Below is a JSON object of key-value pairs.\n{\n",
             question=question,
+            answer_prefix=answer_prefix,
+            frame=frame,
             needles=needles,
             unit=drawn_units(lambda: _pair(words.uuid4(filler_rng), words.uuid4(filler_rng))),
             sep="\n",
@@ -137,28 +142,29 @@ class Threading(Task):
         position = probe.randint(1, len(key) - 1)
         return key[:position] + self.marker + key[position:]
 
-    def _question(self, start_keys: list[str]) -> str:
+    def _question(self, start_keys: list[str]) -> tuple[str, str]:
+        """(the question, closing the JSON object; the answer prefix the model continues from)."""
         quoted = ", ".join(f'"{k}"' for k in start_keys)
         if self.mode == "single":
             body = f"Extract the value corresponding to the specified key in the JSON object above. Key: {quoted}"
-            return f"\n}}\n{body}\nCorresponding value:"
+            return f"\n}}\n{body}", "\nCorresponding value:"
         if self.mode == "multiple":
             body = f"Extract the values corresponding to the specified keys in the JSON object above. Keys: {quoted}"
-            return f"\n}}\n{body}\nCorresponding values:"
+            return f"\n}}\n{body}", "\nCorresponding values:"
         if self.mode == "conditional":
             body = (
                 f"Extract the values of all keys in the JSON object above that contain the character "
                 f'"{self.marker}". List every such value.'
             )
-            return f"\n}}\n{body}\nValues:"
+            return f"\n}}\n{body}", "\nValues:"
         rule = (
             "In the JSON object above, a value may also be a key elsewhere in the object. Starting from the "
             "given key, look up its value, use that value as the next key, and continue until the value is not "
             "a key in the object."
         )
         if self.mode == "thread":
-            return f"\n}}\n{rule} Start key: {quoted}\nFinal value:"
-        return f"\n}}\n{rule} Follow one thread from each start key: {quoted}\nFinal values, one per thread:"
+            return f"\n}}\n{rule} Start key: {quoted}", "\nFinal value:"
+        return f"\n}}\n{rule} Follow one thread from each start key: {quoted}", "\nFinal values, one per thread:"
 
     def score(self, sample: Sample, prediction: str) -> float:
         predicted = {m.lower() for m in _UUID.findall(scoring.clean(prediction))}

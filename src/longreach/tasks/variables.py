@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from longreach.params import require
+from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
 from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import NOISE
@@ -26,11 +27,12 @@ from longreach.tasks.filler import NOISE
 HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
 
 
-def _question(value: str, count: int) -> str:
+def _question(value: str, count: int) -> tuple[str, str]:
+    """RULER's question and its answer prefix."""
     return (
-        f"\nQuestion: Find all variables that are assigned the value {value} in the text above. "
-        f"Answer: According to the chain(s) of variable assignment in the text above, {count} variables are "
-        f"assigned the value {value}, they are:"
+        f"\nQuestion: Find all variables that are assigned the value {value} in the text above.",
+        f" Answer: According to the chain(s) of variable assignment in the text above, {count} variables are "
+        f"assigned the value {value}, they are:",
     )
 
 
@@ -56,7 +58,9 @@ class VariableTracking(Task):
         require(1 <= self.num_hops <= 32, f"variables: num_hops must be in 1..32; got {self.num_hops}")
         require(self.max_new_tokens >= 1, f"variables: max_new_tokens must be >= 1; got {self.max_new_tokens}")
 
-    def generate(self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int) -> Sample:
+    def generate(
+        self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
+    ) -> Sample:
         name = f"variables/{self.num_chains}/{self.num_hops}"
         probe = rng.stream(seed, name, "probe", depth, index)
         taken: set[str] = set()
@@ -69,11 +73,14 @@ class VariableTracking(Task):
             for hop, (text, hop_depth) in enumerate(zip(_statements(names, value), [start, *later], strict=True)):
                 needles.append(fitting.Needle(text, hop_depth, rank=hop))
         head = HEAD + (self._example(probe) if self.icl else "")
+        question, answer_prefix = _question(values[0], self.num_hops + 1)
         fitted = fitting.fit_haystack(
             tokenizer,
             context_length,
             head=head,
-            question=_question(values[0], self.num_hops + 1),
+            question=question,
+            answer_prefix=answer_prefix,
+            frame=frame,
             needles=needles,
             unit=lambda i: NOISE,
             sep=" ",
@@ -98,7 +105,8 @@ class VariableTracking(Task):
         value = str(probe.randint(10000, 99999))
         body = "\n".join(_statements(names, value))
         answer = " ".join(names)
-        return f"Example:\n{NOISE}\n{body}{_question(value, len(names))} {answer}\n\nNow the real text.\n\n"
+        question = "".join(_question(value, len(names)))
+        return f"Example:\n{NOISE}\n{body}{question} {answer}\n\nNow the real text.\n\n"
 
     def reference_answer(self, sample: Sample) -> str:
         return " " + " ".join(sample.answers)
