@@ -1,15 +1,17 @@
 """auto:TARGET: calibration by teacher-forced answer likelihood, resolution in a sweep, the CLI command."""
 
+import dataclasses
 import json
 
 import torch
 
 import longreach.cli as cli
+from helpers import run_config
 from longreach import tokens
 from longreach.methods import auto as auto_module
 from longreach.methods import parse_stack
 from longreach.methods.auto import answer_nll, calibrate, candidates, resolve
-from longreach.runner import SweepConfig, run_sweep
+from longreach.runner import run_sweep
 
 
 def test_candidates_scale_with_the_target():
@@ -43,7 +45,7 @@ def test_a_sweep_calibrates_once_and_resume_reuses_the_choice(tiny, tmp_path, mo
     calls = []
     real = auto_module.calibrate
     monkeypatch.setattr(auto_module, "calibrate", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    config = SweepConfig(
+    config = run_config(
         model="tiny-llama",
         tasks=("passkey",),
         lengths=(2600,),
@@ -57,7 +59,8 @@ def test_a_sweep_calibrates_once_and_resume_reuses_the_choice(tiny, tmp_path, mo
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["cells"][0]["method"] == "auto:target=2600"
     assert report["calibration"]["auto:target=2600"]["resolved"] in set(candidates(2600, 2048)) | {"none"}
-    run_sweep(SweepConfig(**{**config.__dict__, "samples": 2, "resume": True}), show_progress=False)
+    resumed = dataclasses.replace(config, grid=dataclasses.replace(config.grid, samples=2), resume=True)
+    run_sweep(resumed, show_progress=False)
     assert calls == [2600], "calibrated once; the resumed run read the choice from the store"
 
 

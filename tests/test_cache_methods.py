@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from longreach import tokens
-from longreach.backends import HFBackend, Request
+from longreach.engine import Engine
 from longreach.errors import LongreachError
+from longreach.generation import Request
 from longreach.methods import METHODS, parse_stack
-from longreach.methods.cache import EvictingMethod
-from longreach.methods.cache.base import attention_mass
+from longreach.methods.cache.base import EvictingMethod, attention_mass
 from longreach.methods.cache.pyramid import Pyramid
 from longreach.methods.cache.quantized import pack, quantize, unpack
 from longreach.models import adapter
@@ -40,10 +40,6 @@ def read(tiny, ids: torch.Tensor, spec: str):
 
 def test_the_contract_covers_every_cache_method():
     assert set(CACHE_METHODS) >= {"streaming", "h2o", "snapkv", "pyramid", "knorm", "quantized"}
-    for name in CACHE_METHODS:
-        cls = METHODS.get(name)
-        assert isinstance(cls.needs_question, bool), f"{name} must declare whether it needs the question"
-    assert [n for n in CACHE_METHODS if METHODS.get(n).needs_question] == ["snapkv", "pyramid"]
 
 
 @pytest.mark.parametrize("name", EVICTING)
@@ -59,10 +55,10 @@ def test_contract_ratio_zero_is_exactly_the_baseline(tiny, prompt, name):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
     torch.testing.assert_close(logits, one_pass_logits[0, -1], atol=1e-5, rtol=1e-5)
     request = Request(prompt.prompt, 24, question_offset=len(prompt.context))
-    expected = HFBackend(tiny).generate([request], parse_stack("none"))[0]
+    expected = Engine(tiny).generate(request, parse_stack("none"))
     for mode in ("aware", "agnostic"):
-        got = HFBackend(tiny).generate([Request(prompt.prompt, 24, (), len(prompt.context), mode)], parse_stack(name))
-        assert got[0].text == expected.text and got[0].kv_cache_bytes == expected.kv_cache_bytes
+        got = Engine(tiny).generate(Request(prompt.prompt, 24, (), len(prompt.context), mode), parse_stack(name))
+        assert got.text == expected.text and got.kv_cache_bytes == expected.kv_cache_bytes
 
 
 @pytest.mark.parametrize("name", EVICTING)
@@ -91,9 +87,9 @@ def test_contract_the_cache_holds_exactly_the_budget(tiny, prompt, name, setting
 def test_contract_decoding_64_tokens_after_compression(tiny, prompt, name, mode):
     spec = f"{name}:compression_ratio=0.5" if name in EVICTING else name
     request = Request(prompt.prompt, 64, (), len(prompt.context), mode)
-    generation = HFBackend(tiny).generate([request], parse_stack(spec))[0]
+    generation = Engine(tiny).generate(request, parse_stack(spec))
     assert generation.new_tokens == 64 and generation.decode_steps == 63
-    full = HFBackend(tiny).generate([request], parse_stack("none"))[0]
+    full = Engine(tiny).generate(request, parse_stack("none"))
     assert generation.compressed_kv_bytes < 0.6 * full.compressed_kv_bytes
     if name in EVICTING:  # the rest of the prompt and 63 decoded tokens are appended to the compressed cache
         n = generation.prompt_tokens
@@ -106,10 +102,10 @@ def test_contract_decoding_64_tokens_after_compression(tiny, prompt, name, mode)
 
 def test_ratios_remove_that_fraction_of_the_physical_bytes(tiny, prompt):
     request = Request(prompt.prompt, 4, (), len(prompt.context), "agnostic")
-    full = HFBackend(tiny).generate([request], parse_stack("none"))[0].compressed_kv_bytes
+    full = Engine(tiny).generate(request, parse_stack("none")).compressed_kv_bytes
     for ratio in (0.5, 0.75):
         for name in ("snapkv", "streaming", "knorm", "h2o", "pyramid"):
-            got = HFBackend(tiny).generate([request], parse_stack(f"{name}:{ratio}"))[0].compressed_kv_bytes
+            got = Engine(tiny).generate(request, parse_stack(f"{name}:{ratio}")).compressed_kv_bytes
             assert got / full == pytest.approx(1 - ratio, rel=0.02), name
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import longreach.cli as cli
-from longreach.runner.sweep import SweepSummary
+from longreach.runner import RunSummary
 from longreach.tasks import FAMILIES, parse_task
 
 
@@ -24,7 +24,7 @@ def test_eval_builds_the_sweep_config(monkeypatch, capsys, tmp_path):
     def fake_run_sweep(config, show_progress):
         seen["config"] = config
         (tmp_path / "report.md").write_text("# longreach report\n| a | b |\n## Figures\n")
-        return SweepSummary(tmp_path, 12, 0, 12, 0)
+        return RunSummary(tmp_path, 12, 0, 12, 0)
 
     monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
     code, out, _ = run(
@@ -51,15 +51,23 @@ def test_eval_builds_the_sweep_config(monkeypatch, capsys, tmp_path):
             "--dtype",
             "fp32",
             "--resume",
+            "--prompt",
+            "raw",
+            "--backend",
+            "openai:base_url=http://127.0.0.1:9/v1:api=chat",
+            "--executor",
+            "local:shard=1/2",
             "--quiet",
         ],
         capsys,
     )
     assert code == 0
     config = seen["config"]
-    assert config.tasks == ("passkey", "niah_single_1") and config.lengths == (1024, 2048)
-    assert config.depths == (0.0, 1.0) and config.samples == 3 and config.seed == 4 and config.dtype == "fp32"
-    assert config.methods == ("none", "none") and config.resume and config.out == tmp_path
+    grid = config.grid
+    assert grid.tasks == ("passkey", "niah_single_1") and grid.lengths == (1024, 2048)
+    assert grid.depths == (0.0, 1.0) and grid.samples == 3 and config.seed == 4 and config.dtype == "fp32"
+    assert grid.methods == ("none", "none") and config.resume and config.out == tmp_path and config.prompt == "raw"
+    assert config.backend == "openai:base_url=http://127.0.0.1:9/v1:api=chat" and config.executor == "local:shard=1/2"
     assert "report: " in out and "12 cells run" in out
 
 
@@ -69,23 +77,23 @@ def test_suites_expand_into_their_tasks(monkeypatch, capsys, tmp_path):
     def fake_run_sweep(config, show_progress):
         seen["config"] = config
         (tmp_path / "report.md").write_text("x")
-        return SweepSummary(tmp_path, 1, 0, 1, 0)
+        return RunSummary(tmp_path, 1, 0, 1, 0)
 
     monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
     argv = ["eval", "--model", "m", "--task", "passkey,cwe", "--suite", "ruler-lite", "--lengths", "1k"]
     code, _, _ = run(argv + ["--out", str(tmp_path)], capsys)
     assert code == 0
-    tasks = seen["config"].tasks
+    tasks = seen["config"].grid.tasks
     assert tasks[:2] == ("passkey", "cwe") and len(tasks) == 12, "cwe is in both and kept once"
     assert {"niah_single_1", "niah_multiquery", "vt", "fwe"} <= set(tasks)
     code, _, _ = run(["eval", "--model", "m", "--suite", "taxonomy", "--lengths", "1k", "--out", str(tmp_path)], capsys)
-    families = {parse_task(spec).task.family for spec in seen["config"].tasks}
+    families = {parse_task(spec).task.family for spec in seen["config"].grid.tasks}
     assert families == {name for name in FAMILIES if name != "jsonl"}, "one task of every generated family"
 
 
 def test_eval_with_failed_cells_exits_one(monkeypatch, capsys, tmp_path):
     (tmp_path / "report.md").write_text("x")
-    monkeypatch.setattr(cli, "run_sweep", lambda config, show_progress: SweepSummary(tmp_path, 2, 0, 2, 1))
+    monkeypatch.setattr(cli, "run_sweep", lambda config, show_progress: RunSummary(tmp_path, 2, 0, 2, 1))
     code, out, _ = run(["eval", "--model", "m", "--task", "passkey", "--lengths", "1k", "--out", str(tmp_path)], capsys)
     assert code == 1 and "1 failed" in out
 
@@ -101,11 +109,17 @@ def test_an_interrupted_eval_says_how_to_resume(monkeypatch, capsys, tmp_path):
 
 def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
     calls = []
-    monkeypatch.setattr(
-        cli, "render_report", lambda folder, threshold: calls.append((folder, threshold)) or folder / "r.html"
-    )
+
+    def fake_render(folders, out, threshold, baseline):
+        calls.append((folders, out, threshold, baseline))
+        (tmp_path / "report.md").write_text("tables\n## Figures\n")
+        return tmp_path / "report.html"
+
+    monkeypatch.setattr(cli, "render_report", fake_render)
     monkeypatch.setattr(cli, "export_instances", lambda config, path: calls.append((config, path)) or 6)
     assert run(["report", str(tmp_path), "--threshold", "0.5"], capsys)[0] == 0
+    code, out, _ = run(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "yarn:factor=4.0"], capsys)
+    assert code == 0 and "tables" in out
     code, out, _ = run(
         [
             "generate",
@@ -125,9 +139,10 @@ def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
         capsys,
     )
     assert code == 0 and "6 instances written" in out
-    assert calls[0] == (tmp_path, 0.5)
-    config, path = calls[1]
-    assert config.depths == (0.0, 0.5, 1.0) and config.samples == 2 and path == tmp_path / "x.jsonl"
+    assert calls[0] == ([tmp_path], None, 0.5, None)
+    assert calls[1] == ([tmp_path / "a", tmp_path / "b"], tmp_path / "merged_a+b", None, "yarn:factor=4")
+    config, path = calls[2]
+    assert config.grid.depths == (0.0, 0.5, 1.0) and config.grid.samples == 2 and path == tmp_path / "x.jsonl"
 
 
 @pytest.mark.parametrize(
@@ -148,6 +163,59 @@ def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
             "unknown suite 'rulerlite': did you mean 'ruler-lite'?",
         ),
         (["evl"], "No such command 'evl'"),
+        (
+            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--out", "o", "--backend", "hff"],
+            "unknown backend 'hff': did you mean 'hf'?",
+        ),
+        (
+            [
+                "eval",
+                "--model",
+                "tiny-llama",
+                "--task",
+                "passkey",
+                "--lengths",
+                "1k",
+                "--out",
+                "o",
+                "--backend",
+                "openai",
+            ],
+            "openai: base_url must start with http:// or https://",
+        ),
+        (
+            [
+                "eval",
+                "--model",
+                "tiny-llama",
+                "--task",
+                "passkey",
+                "--lengths",
+                "1k",
+                "--out",
+                "o",
+                "--executor",
+                "ray:workerz=2",
+            ],
+            "ray: unknown parameter 'workerz'; did you mean 'workers'",
+        ),
+        (
+            [
+                "eval",
+                "--model",
+                "tiny-llama",
+                "--task",
+                "passkey",
+                "--lengths",
+                "1k",
+                "--out",
+                "o",
+                "--prompt",
+                "chatty",
+            ],
+            "unknown prompt format 'chatty'; valid: auto, raw, chat",
+        ),
+        (["study", "run", "nowhere.yaml", "--out", "o"], "no study file nowhere.yaml"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_two(capsys, argv, message):
@@ -171,7 +239,7 @@ def test_library_errors_are_one_line_too(capsys, tmp_path):
     assert code == 2 and "smaller than the prompt's fixed part" in err
 
 
-@pytest.mark.parametrize("command", ["models", "methods", "tasks"])
+@pytest.mark.parametrize("command", ["models", "methods", "tasks", "backends"])
 def test_listings_read_the_registries(capsys, command):
     code, out, _ = run([command], capsys)
     assert code == 0
@@ -179,6 +247,7 @@ def test_listings_read_the_registries(capsys, command):
         "models": ["smollm2-135m", "tiny-llama", "gemma3-270m"],
         "methods": ["none"],
         "tasks": ["passkey", "niah_multikey_1", "jsonl"],
+        "backends": ["hf", "openai", "local", "ray", "base_url"],
     }[command]
     for name in expected:
         assert name in out

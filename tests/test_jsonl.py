@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from helpers import run_config
 from longreach import tokens
 from longreach.errors import LongreachError
-from longreach.runner import SweepConfig
 from longreach.runner.export import export_instances
 from longreach.tasks import TASKS, parse_task, scoring
 from longreach.tasks.jsonl import CANARY, instance_line
@@ -69,7 +69,7 @@ def test_missing_file_and_missing_path_fail_clearly(tmp_path):
 
 
 def test_exported_instances_read_back_into_the_same_prompts(tiny, tmp_path):
-    config = SweepConfig(
+    config = run_config(
         model="tiny-llama",
         tasks=("passkey", "niah_multivalue"),
         lengths=(600, 900),

@@ -9,8 +9,9 @@ import torch
 
 import longreach.cli as cli
 from longreach import tokens
-from longreach.backends import HFBackend, Request
+from longreach.engine import Engine
 from longreach.errors import LongreachError
+from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.attention.moa import MoAPlan, band_attention, shipped_plans
 from longreach.methods.attention.moa_profile import Profile, influence_by_distance, make_plan
@@ -60,13 +61,13 @@ def test_each_head_keeps_its_sinks_and_window(tiny, prompt_ids, tmp_path):
     n = prompt_ids.shape[1]
     windows = MoAPlan.load(spec.split("=", 1)[1]).windows(n)
     request = Request(tiny.tokenizer.decode(prompt_ids[0]), 64)
-    generation = HFBackend(tiny).generate([request], parse_stack(spec))[0]
+    generation = Engine(tiny).generate(request, parse_stack(spec))
     assert generation.new_tokens == 64 and generation.prompt_tokens == n
     per_token_head = 2 * tiny.model.config.head_dim * 4  # K and V, fp32
     held = sum(min(n, 16 + w - 1) for row in windows for w in row)
     assert generation.compressed_kv_bytes == per_token_head * held
     assert generation.kv_cache_bytes == per_token_head * held, "windows slide while decoding: the cache stays put"
-    full = HFBackend(tiny).generate([request], parse_stack("none"))[0]
+    full = Engine(tiny).generate(request, parse_stack("none"))
     assert generation.compressed_kv_bytes < 0.5 * full.compressed_kv_bytes
 
 
@@ -75,8 +76,8 @@ def test_question_agnostic_reads_the_question_on_the_windowed_cache(tiny, tmp_pa
     spec = write_plan(tmp_path / "full.json", [[1e6, 1e6]] * 2, [[0.0, 0.0]] * 2)
     request = Request(sample.prompt, 16, (), len(sample.context), "agnostic")
     assert (
-        HFBackend(tiny).generate([request], parse_stack(spec))[0].text
-        == HFBackend(tiny).generate([request], parse_stack("none"))[0].text
+        Engine(tiny).generate(request, parse_stack(spec)).text
+        == Engine(tiny).generate(request, parse_stack("none")).text
     )
 
 

@@ -1,10 +1,11 @@
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 from longreach.errors import LongreachError
 from longreach.models import ZOO, load_model, resolve
-from longreach.models.loading import Source
+from longreach.models.sources import GGUFSource, HFDirSource, parse_source
 
 
 def test_tiny_llama_facts(tiny):
@@ -16,8 +17,8 @@ def test_tiny_llama_facts(tiny):
 
 def test_smollm2_resolves_to_the_gguf_inside_its_package():
     source = resolve("smollm2-135m")
-    assert source.kind == "gguf" and source.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert source.path.is_file()
+    assert source.kind == "gguf" and Path(source.path).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert Path(source.path).is_file()
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_unsupported_architecture_is_one_clear_error(tmp_path, tiny):
         tmp_path
     )
     tiny.tokenizer.save_pretrained(tmp_path)
-    assert resolve(str(tmp_path)) == Source("hf_dir", tmp_path.resolve())
+    assert resolve(str(tmp_path)) == HFDirSource(str(tmp_path.resolve()))
     with pytest.raises(LongreachError, match=r"unsupported architecture .* causal language model"):
         load_model(str(tmp_path), "fp32")
 
@@ -91,3 +92,18 @@ def test_device_is_checked_and_recorded():
     assert load_model("tiny-llama", "fp32", "cpu").device == "cpu"
     with pytest.raises(LongreachError, match="unknown device 'gpu'"):
         load_model("tiny-llama", "fp32", "gpu")
+
+
+def test_sources_are_typed_specs_in_the_method_grammar(tmp_path):
+    gguf = resolve("smollm2-135m")
+    assert resolve(f"gguf:path={gguf.path}") == GGUFSource(gguf.path)
+    with pytest.raises(LongreachError, match=r"gguf: .* is not a gguf model"):
+        parse_source(f"gguf:path={tmp_path}")
+    with pytest.raises(LongreachError, match="unknown model source 'ggfu'"):
+        parse_source("ggfu:path=x")
+
+
+def test_loaded_weights_are_described_honestly():
+    assert load_model("tiny-llama", "fp32").weights == "random tiny Llama in fp32"
+    assert ZOO["smollm2-135m"].weights.format(dtype="bf16") == "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to bf16"
+    assert GGUFSource(resolve("smollm2-135m").path).weights_note("bf16").endswith(".gguf dequantized to bf16")

@@ -11,13 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from helpers import run_config
 from longreach import tokens
-from longreach.backends import Request
 from longreach.backends.openai import BackendUnavailable, OpenAIBackend, RemoteTokenizer, RequestRejected
 from longreach.errors import LongreachError
+from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.models.tiny import tiny_tokenizer
-from longreach.runner import SweepConfig, run_sweep
+from longreach.runner import RunConfig, run_sweep
 from longreach.tasks import parse_task
 
 NONE = parse_stack("none")
@@ -102,31 +103,31 @@ def backend(server, **kwargs) -> OpenAIBackend:
 
 def test_completions_and_chat_are_greedy_and_parsed(server):
     prompt = "The pass key is 4242. What is the pass key? The pass key is"
-    out = backend(server).generate([Request(prompt, 12, ("\n",))], NONE)[0]
+    out = backend(server).generate(Request(prompt, 12, ("\n",)), NONE)
     assert out.text == " 4242." and out.prompt_tokens == tokens.count(tiny_tokenizer(), prompt)
     body = server.bodies[-1]
     assert body["prompt"] == prompt and body["temperature"] == 0.0 and body["max_tokens"] == 12
     assert body["stop"] == ["\n"] and body["model"] == "served-model"
-    chat = backend(server, api="chat").generate([Request(prompt, 5)], NONE)[0]
+    chat = backend(server, api="chat").generate(Request(prompt, 5), NONE)
     assert chat.text == " 4242." and server.bodies[-1]["messages"] == [{"role": "user", "content": prompt}]
 
 
 def test_429_and_5xx_are_retried_with_backoff(server):
     server.script = [429, 503, 500]
-    out = backend(server, retries=3).generate([Request("pass key is 7", 4)], NONE)[0]
+    out = backend(server, retries=3).generate(Request("pass key is 7", 4), NONE)
     assert out.text == " 7." and len(server.bodies) == 4
 
 
 def test_a_server_that_keeps_failing_is_unavailable(server):
     server.script = [503] * 5
     with pytest.raises(BackendUnavailable, match=r"did not answer after 3 tries \(HTTP 503"):
-        backend(server, retries=2).generate([Request("x", 4)], NONE)
+        backend(server, retries=2).generate(Request("x", 4), NONE)
 
 
 def test_a_rejected_request_is_not_retried(server):
     server.script = [400]
     with pytest.raises(RequestRejected, match="answered 400"):
-        backend(server, retries=3).generate([Request("x", 4)], NONE)
+        backend(server, retries=3).generate(Request("x", 4), NONE)
     assert len(server.bodies) == 1
 
 
@@ -143,7 +144,7 @@ def test_at_most_concurrency_requests_are_in_flight(server):
 def test_a_request_past_its_timeout_is_retried_then_unavailable(server):
     server.delay = 1.0
     with pytest.raises(BackendUnavailable, match="did not answer after 2 tries"):
-        backend(server, timeout=0.2, retries=1).generate([Request("x", 4)], NONE)
+        backend(server, timeout=0.2, retries=1).generate(Request("x", 4), NONE)
 
 
 def test_nobody_listening_is_unavailable():
@@ -157,7 +158,7 @@ def test_nobody_listening_is_unavailable():
 
 def test_methods_cannot_be_applied_to_a_served_model(server):
     with pytest.raises(LongreachError, match="cannot apply"):
-        backend(server).generate([Request("x", 4)], _FakeStack())
+        backend(server).generate(Request("x", 4), _FakeStack())
 
 
 class _FakeStack:
@@ -172,7 +173,7 @@ def test_the_servers_tokenize_endpoint_gives_exact_lengths(server):
     assert remote.decode(tiny_tokenizer()("hello world")["input_ids"]) == "hello world"
 
 
-def _config(tmp_path, url, **overrides) -> SweepConfig:
+def _config(tmp_path, url, **overrides) -> RunConfig:
     values = dict(
         model="tiny-llama",
         tasks=("passkey",),
@@ -186,7 +187,7 @@ def _config(tmp_path, url, **overrides) -> SweepConfig:
         concurrency=2,
     )
     values.update(overrides)
-    return SweepConfig(**values)
+    return run_config(**values)
 
 
 def test_a_sweep_through_the_server_scores_and_stores_every_cell(tmp_path, server):

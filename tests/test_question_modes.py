@@ -3,19 +3,22 @@ methods and questions, and the mode as part of a cell's identity in plans, store
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 
 import pytest
 
 import longreach.cli as cli
+from helpers import record, run_config
 from longreach import tokens
-from longreach.backends import HFBackend, Request
+from longreach.engine import Engine
 from longreach.errors import LongreachError
+from longreach.generation import Request
 from longreach.methods import parse_stack
-from longreach.runner import SweepConfig, run_sweep
+from longreach.results import Cell, ResultsStore
+from longreach.runner import RunSummary, run_sweep
 from longreach.runner.plan import Plan
-from longreach.runner.store import Cell, CellResult, ResultsStore
 from longreach.tasks import parse_task
 
 
@@ -30,8 +33,8 @@ def request(sample, mode="aware", new=12):
 
 
 def test_without_a_cache_method_both_modes_read_the_same_tokens(tiny, samples):
-    aware = HFBackend(tiny).generate([request(samples[0])], parse_stack("none"))[0]
-    agnostic = HFBackend(tiny).generate([request(samples[0], "agnostic")], parse_stack("none"))[0]
+    aware = Engine(tiny).generate(request(samples[0]), parse_stack("none"))
+    agnostic = Engine(tiny).generate(request(samples[0], "agnostic"), parse_stack("none"))
     assert agnostic.text == aware.text and agnostic.kv_cache_bytes == aware.kv_cache_bytes
     context = tokens.count(tiny.tokenizer, samples[0].context)
     assert agnostic.compressed_kv_bytes == tiny.kv_bytes_per_token * context  # the context alone, then the question
@@ -45,8 +48,8 @@ def test_agnostic_compression_happens_before_the_question(tiny, samples):
         samples[0].context + "\nWhat is the pass key? The pass key is", 12, (), len(samples[0].context), "agnostic"
     )
     stack = parse_stack("snapkv:compression_ratio=0.5:window=16")
-    one = HFBackend(tiny).generate([first], stack)[0]
-    two = HFBackend(tiny).generate([other], stack)[0]
+    one = Engine(tiny).generate(first, stack)
+    two = Engine(tiny).generate(other, stack)
     assert one.compressed_kv_bytes == two.compressed_kv_bytes
     context = tokens.count(tiny.tokenizer, samples[0].context)
     assert one.compressed_kv_bytes == tiny.kv_bytes_per_token * int(context * 0.5)
@@ -54,9 +57,9 @@ def test_agnostic_compression_happens_before_the_question(tiny, samples):
 
 def test_agnostic_needs_the_question_offset(tiny, samples):
     with pytest.raises(LongreachError, match="question's offset"):
-        HFBackend(tiny).generate([Request(samples[0].prompt, 4, mode="agnostic")], parse_stack("none"))
+        Engine(tiny).generate(Request(samples[0].prompt, 4, mode="agnostic"), parse_stack("none"))
     with pytest.raises(LongreachError, match="non-empty context and question"):
-        HFBackend(tiny).generate([Request(samples[0].prompt, 4, (), 0, "agnostic")], parse_stack("none"))
+        Engine(tiny).generate(Request(samples[0].prompt, 4, (), 0, "agnostic"), parse_stack("none"))
 
 
 @pytest.mark.parametrize("mode", ["aware", "agnostic"])
@@ -69,11 +72,11 @@ def test_methods_compressing_one_shared_read_answer_as_if_alone(tiny, samples, m
         "quantized:bits=4",
         "none",
     ]
-    sharing = HFBackend(tiny, reuse_prefix=True)
+    sharing = Engine(tiny, reuse_prefix=True)
     for sample in samples:
         for index, spec in enumerate(specs):
-            alone = HFBackend(tiny).generate([request(sample, mode)], parse_stack(spec))[0]
-            shared = sharing.generate([request(sample, mode)], parse_stack(spec))[0]
+            alone = Engine(tiny).generate(request(sample, mode), parse_stack(spec))
+            shared = sharing.generate(request(sample, mode), parse_stack(spec))
             assert (shared.text, shared.compressed_kv_bytes, shared.kv_cache_bytes) == (
                 alone.text,
                 alone.compressed_kv_bytes,
@@ -85,11 +88,11 @@ def test_methods_compressing_one_shared_read_answer_as_if_alone(tiny, samples, m
 
 def test_several_questions_on_one_compressed_context(tiny, samples):
     """Question-agnostic: later questions about the same context reuse its read and compress it the same way."""
-    backend = HFBackend(tiny, reuse_prefix=True)
+    backend = Engine(tiny, reuse_prefix=True)
     stack = parse_stack("streaming:compression_ratio=0.5")
     context = samples[0].context
     questions = ["\nWhat is the first key?", "\nWhat is the second key? It is"]
-    results = [backend.generate([Request(context + q, 6, (), len(context), "agnostic")], stack)[0] for q in questions]
+    results = [backend.generate(Request(context + q, 6, (), len(context), "agnostic"), stack) for q in questions]
     n = tokens.count(tiny.tokenizer, context)
     assert [r.reused_tokens for r in results] == [0, n]
     assert results[0].compressed_kv_bytes == results[1].compressed_kv_bytes == tiny.kv_bytes_per_token * (n // 2)
@@ -103,7 +106,7 @@ def test_the_mode_is_part_of_a_cells_identity():
 
 
 def test_plan_spans_the_modes_and_interleaves_methods_within_a_mode(tmp_path):
-    config = SweepConfig(
+    config = run_config(
         model="tiny-llama",
         tasks=("passkey",),
         lengths=(512,),
@@ -114,18 +117,18 @@ def test_plan_spans_the_modes_and_interleaves_methods_within_a_mode(tmp_path):
         interleave=True,
         question_modes=("aware", "agnostic"),
     )
-    cells = Plan.from_config(config).cells()
+    cells = Plan.from_config(config).cells("raw")
     assert [(c.index, c.mode, c.method) for c in cells] == [
         (i, mode, m) for i in (0, 1) for mode in ("aware", "agnostic") for m in ("knorm:compression_ratio=0.5", "none")
     ]
     with pytest.raises(LongreachError, match="question mode"):
         Plan.from_config(
-            SweepConfig(model="tiny-llama", tasks=("passkey",), lengths=(512,), out=tmp_path, question_modes=("both",))
+            run_config(model="tiny-llama", tasks=("passkey",), lengths=(512,), out=tmp_path, question_modes=("both",))
         )
 
 
 def test_both_modes_share_an_output_folder_and_show_in_the_report(tmp_path):
-    config = SweepConfig(
+    config = run_config(
         model="tiny-llama",
         tasks=("passkey",),
         lengths=(400,),
@@ -140,12 +143,12 @@ def test_both_modes_share_an_output_folder_and_show_in_the_report(tmp_path):
     with ResultsStore(tmp_path / "run") as store:
         rows = store.rows()
     assert sorted(r["mode"] for r in rows) == ["agnostic", "aware"]
-    assert all(r["meta"]["compressed_kv_bytes"] > 0 and r["meta"]["decode_steps"] >= 0 for r in rows)
+    assert all(r["compressed_kv_bytes"] > 0 and r["decode_steps"] >= 0 for r in rows), "declared metrics, not meta"
     report = (tmp_path / "run" / "report.md").read_text()
     assert "knorm:compression_ratio=0.5 [question-agnostic]" in report
     document = json.loads((tmp_path / "run" / "report.json").read_text())
     assert sorted(c["mode"] for c in document["cells"]) == ["agnostic", "aware"]
-    resumed = run_sweep(SweepConfig(**{**config.__dict__, "resume": True}), show_progress=False)
+    resumed = run_sweep(dataclasses.replace(config, resume=True), show_progress=False)
     assert resumed.skipped == 2 and resumed.ran == 0
 
 
@@ -164,7 +167,7 @@ def test_a_store_from_before_modes_gains_the_column(tmp_path):
     db.close()
     with ResultsStore(tmp_path) as store:
         assert store.rows()[0]["mode"] == "aware"
-        store.record(CellResult(Cell("passkey", "none", 512, 0.5, 0, "agnostic"), "ok", score=0.0))
+        store.record(record(Cell("passkey", "none", 512, 0.5, 0, "agnostic"), "ok", score=0.0))
         assert store.finished_keys() == {"passkey|none|512|0.5|0", "passkey|none|512|0.5|0|agnostic"}
 
 
@@ -174,9 +177,7 @@ def test_cli_passes_the_question_modes(monkeypatch, tmp_path, capsys):
     def fake_run_sweep(config, show_progress):
         seen["config"] = config
         (tmp_path / "report.md").write_text("# r\n## Figures\n")
-        from longreach.runner.sweep import SweepSummary
-
-        return SweepSummary(tmp_path, 1, 0, 1, 0)
+        return RunSummary(tmp_path, 1, 0, 1, 0)
 
     monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
     argv = [
@@ -195,4 +196,4 @@ def test_cli_passes_the_question_modes(monkeypatch, tmp_path, capsys):
     ]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
-    assert exit_info.value.code == 0 and seen["config"].question_modes == ("aware", "agnostic")
+    assert exit_info.value.code == 0 and seen["config"].grid.question_modes == ("aware", "agnostic")

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from longreach.backends import HFBackend, Request
+from longreach.engine import Engine
 from longreach.errors import LongreachError
+from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.readers.blocks import BlockRetrieval
 from longreach.methods.readers.infiniretri import split_sentences
@@ -19,8 +20,8 @@ def request_for(sample):
 @pytest.mark.parametrize("spec", ["infiniretri", "longheads", "landmark:block=64:blocks=8"])
 def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
     sample = parse_task("passkey").task.generate(tiny.tokenizer, 400, 0.5, seed=0, index=0)
-    plain = HFBackend(tiny).generate([request_for(sample)], parse_stack("none"))[0]
-    read = HFBackend(tiny).generate([request_for(sample)], parse_stack(spec))[0]
+    plain = Engine(tiny).generate(request_for(sample), parse_stack("none"))
+    read = Engine(tiny).generate(request_for(sample), parse_stack(spec))
     assert read.text == plain.text and read.new_tokens == plain.new_tokens
 
 
@@ -35,7 +36,7 @@ def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
 )
 def test_readers_answer_inputs_far_beyond_their_chunk(tiny, spec):
     sample = parse_task("niah_single_2").task.generate(tiny.tokenizer, 3000, 0.3, seed=0, index=0)
-    generation = HFBackend(tiny).generate([request_for(sample)], parse_stack(spec))[0]
+    generation = Engine(tiny).generate(request_for(sample), parse_stack(spec))
     assert generation.new_tokens >= 1 and generation.seconds > 0 and generation.peak_rss_mb > 0
 
 
@@ -124,7 +125,7 @@ def test_infiniretri_steps_stay_bounded_on_one_long_line(tiny, monkeypatch):
     monkeypatch.setattr(InfiniRetri, "_question_attention", recording)
     total = len(tiny.tokenizer(context + question)["input_ids"])
     request = Request(context + question, 4, (), question_offset=len(context))
-    HFBackend(tiny).generate([request], parse_stack("infiniretri:chunk=256:topk=8:unit=16:sink=16"))
+    Engine(tiny).generate(request, parse_stack("infiniretri:chunk=256:topk=8:unit=16:sink=16"))
     assert total > 3000 and len(lengths) > 5
     assert max(lengths) <= 1 + 16 + 256 + 8 * 16 + 16 + 20, "sink + chunk + retained units + question"
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from longreach import tokens
-from longreach.backends import HFBackend, Request
+from longreach.engine import Engine
+from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.attention.squeezed import Squeezed, SqueezedStorage, kmeans
 from longreach.models import adapter
@@ -82,8 +83,8 @@ def test_the_threshold_is_the_sparsity_quantile_of_the_calibration_estimates(tin
 
 def test_nothing_is_evicted_and_the_index_is_counted(tiny, sample):
     request = Request(sample.prompt, 8, (), len(sample.context), "agnostic")
-    plain = HFBackend(tiny).generate([request], parse_stack("none"))[0]
-    squeezed = HFBackend(tiny).generate([request], parse_stack("squeezed:observation=16"))[0]
+    plain = Engine(tiny).generate(request, parse_stack("none"))
+    squeezed = Engine(tiny).generate(request, parse_stack("squeezed:observation=16"))
     _, cache = read(tiny, sample, "squeezed:observation=16")
     index = sum(
         t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.centroids, layer.sizes, layer.labels)

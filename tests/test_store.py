@@ -6,14 +6,15 @@ import sys
 import textwrap
 import time
 
-from longreach.runner.store import Cell, CellResult, ResultsStore
+from helpers import record
+from longreach.results import Cell, ResultsStore
 
 
 def test_record_and_read_back(tmp_path):
     cell = Cell("passkey", "none", 1024, 0.5, 0)
     with ResultsStore(tmp_path) as store:
         store.record(
-            CellResult(
+            record(
                 cell,
                 "ok",
                 score=1.0,
@@ -26,7 +27,7 @@ def test_record_and_read_back(tmp_path):
                 answers=["12345"],
             )
         )
-        store.record(CellResult(Cell("jsonl:x", "none", 1024, None, 3), "error", error="ValueError: bad"))
+        store.record(record(Cell("jsonl:x", "none", 1024, None, 3), "error", error="ValueError: bad"))
         assert store.finished_keys() == {cell.key}
         rows = store.rows()
     failed = next(r for r in rows if r["status"] == "error")
@@ -38,8 +39,8 @@ def test_record_and_read_back(tmp_path):
 def test_a_retried_cell_replaces_its_error(tmp_path):
     cell = Cell("passkey", "none", 1024, 0.5, 0)
     with ResultsStore(tmp_path) as store:
-        store.record(CellResult(cell, "error", error="boom"))
-        store.record(CellResult(cell, "ok", score=0.0, seconds=1, prefill_seconds=1, peak_rss_mb=1, kv_cache_bytes=1))
+        store.record(record(cell, "error", error="boom"))
+        store.record(record(cell, "ok", score=0.0, seconds=1, prefill_seconds=1, peak_rss_mb=1, kv_cache_bytes=1))
         assert store.count() == 1 and store.finished_keys() == {cell.key}
 
 
@@ -47,10 +48,12 @@ def test_kill_at_any_moment_leaves_a_consistent_store(tmp_path):
     """A writer is SIGKILLed mid-stream; every committed row survives and the file passes integrity_check."""
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from longreach.runner.store import Cell, CellResult, ResultsStore
+        from helpers import record
+
+from longreach.results import Cell, ResultsStore
         store = ResultsStore(Path({str(tmp_path)!r}))
         for i in range(100000):
-            store.record(CellResult(Cell("t", "none", 1, 0.0, i), "ok", score=1.0, prediction="x" * 2000))
+            store.record(record(Cell("t", "none", 1, 0.0, i), "ok", score=1.0, prediction="x" * 2000))
     """)
     writer = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60

@@ -6,8 +6,7 @@ import torch
 import longreach.cli as cli
 from longreach.errors import LongreachError
 from longreach.models import load_model, resolve
-from longreach.models.loading import Source
-from longreach.weights.model import WEIGHTS_FILE, CompressionSummary, compress_model
+from longreach.weights.model import WEIGHTS_FILE, CompressionSummary, DF11Source, compress_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,8 @@ def run(argv, capsys) -> tuple[int, str, str]:
 
 def test_the_folder_resolves_as_a_compressed_model(compressed):
     out, summary = compressed
-    assert resolve(str(out)) == Source("df11", out.resolve())
+    assert resolve(str(out)) == DF11Source(str(out.resolve()))
+    assert load_model(str(out), "bf16").weights.startswith("DFloat11 folder")
     assert {"config.json", WEIGHTS_FILE, "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert summary.file_bytes == (out / WEIGHTS_FILE).stat().st_size
     # all but the tied head (an alias) and the two float32 RoPE buffers (inv_freq, original_inv_freq), stored raw

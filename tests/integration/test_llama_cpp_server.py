@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from longreach import tokens
-from longreach.backends import HFBackend, Request
 from longreach.backends.openai import OpenAIBackend, RemoteTokenizer
+from longreach.engine import Engine
+from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.models import load_model
 from longreach.tasks import parse_task
@@ -60,7 +61,7 @@ def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_t
     remote = OpenAIBackend(llama_server, "smollm2", concurrency=2)
     assert isinstance(remote.tokenizer, RemoteTokenizer) and remote.tokenizer.kind == "llama.cpp"
     loaded = load_model("smollm2-135m", "bf16")
-    local = HFBackend(loaded)
+    local = Engine(loaded)
     none = parse_stack("none")
     compared = []
     for name in ("passkey", "niah_single_2"):

@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from longreach.runner import SweepConfig, run_sweep
+from helpers import run_config
+from longreach.runner import RunConfig, run_sweep
 
 pytestmark = pytest.mark.slow
 
 
-def _config(tmp_path, name, **overrides) -> SweepConfig:
+def _config(tmp_path, name, **overrides) -> RunConfig:
     values = dict(
         model="tiny-llama",
         tasks=("passkey", "nt_single", "cwe"),
@@ -21,7 +22,7 @@ def _config(tmp_path, name, **overrides) -> SweepConfig:
         dtype="fp32",
     )
     values.update(overrides)
-    return SweepConfig(**values)
+    return run_config(**values)
 
 
 def _cells(folder):

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from longreach.runner import SweepConfig, run_sweep
+from helpers import run_config
+from longreach.runner import run_sweep
 
 pytestmark = pytest.mark.slow
 
 
 def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
-    config = SweepConfig(
+    config = run_config(
         model="smollm2-135m",
         tasks=("passkey",),
         lengths=(1024, 2048),

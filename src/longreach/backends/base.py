@@ -47,8 +47,9 @@ class Backend(Protocol):
         """The model this backend runs, for provenance: name, source, weights, native window, dtype, device."""
         ...
 
-    def prepare(self, stacks: list[MethodStack], longest: int) -> Preparation:
-        """Refuse (LongreachError, with the reason) what cannot run at all; resolve ``auto`` stacks."""
+    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
+        """Refuse (LongreachError, with the reason) what cannot run at all; resolve ``auto`` stacks (those in
+        ``calibrated``, spec -> resolved spec, were calibrated earlier in the run and keep that choice)."""
         ...
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]: ...

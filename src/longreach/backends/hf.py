@@ -14,7 +14,7 @@ from longreach.backends.base import BackendSpec, ModelSettings, Preparation, reg
 from longreach.engine import Engine
 from longreach.errors import LongreachError
 from longreach.generation import Generation, Request
-from longreach.methods import MethodStack, auto
+from longreach.methods import MethodStack, auto, parse_stack
 from longreach.models import LoadedModel, load_model, load_tokenizer, resolve
 
 GENERATION_BUDGET = 128  # tokens a capacity check allows for the answer on top of the prompt
@@ -64,11 +64,14 @@ class HFBackend:
             facts["gpu"] = torch.cuda.get_device_name(loaded.device)
         return facts
 
-    def prepare(self, stacks: list[MethodStack], longest: int) -> Preparation:
+    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
         if any(not _bounded(stack) for stack in stacks):
             check_capacity(self.loaded, longest)
         resolved, calibration = {}, {}
         for stack in stacks:
+            if stack.repr in calibrated:
+                resolved[stack.repr] = parse_stack(calibrated[stack.repr])
+                continue
             resolved[stack.repr], result = auto.resolve(stack, self.loaded, self.seed)
             if result is not None:
                 calibration[stack.repr] = {"resolved": resolved[stack.repr].repr, "nll": result.nll}

@@ -72,9 +72,11 @@ class Engine:
         first = prompt_ids if split is None else prompt_ids[:split]
         with torch.inference_mode(), stack.applied(self.loaded):
             start = time.perf_counter()
-            if method is None:
-                reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length)
-                logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, start=reused)
+            if method is None:  # a read ending the prompt computes its last token: its logits start the answer
+                cap = len(first) - 1 if split is None else len(first)
+                reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length, cap)
+                if reused < len(first):
+                    logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, reused)
             else:
                 reused, cache = self._compressed_read(first, base.repr, method)
             compressed_bytes = adapter.cache_bytes(cache)

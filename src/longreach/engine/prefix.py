@@ -38,9 +38,10 @@ class PrefixCache:
         self.enabled = enabled
         self._entry: _Entry | None = None
 
-    def continue_from(self, base: str, ids: list[int], reads_length: bool) -> tuple[int, Any]:
-        """(tokens reused, the cache holding them) for a plain read of ``ids`` under stack ``base``, or (0, None).
-        The kept cache is handed over: the entry is dropped either way (a new read replaces it)."""
+    def continue_from(self, base: str, ids: list[int], reads_length: bool, cap: int) -> tuple[int, Any]:
+        """(tokens reused, the cache holding them) for a plain read of ``ids`` under stack ``base``, or (0, None); at
+        most ``cap`` tokens are reused (a read whose last token starts the answer must compute that token). The kept
+        cache is handed over: the entry is dropped either way (a new read replaces it)."""
         entry, self._entry = self._entry, None
         if entry is None or entry.base != base or not adapter.is_plain_cache(entry.cache):
             return 0, None
@@ -51,7 +52,7 @@ class PrefixCache:
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1)  # at least one token is read: its logits start the answer
+        common = min(common, cap)
         if common < MIN_REUSE:
             return 0, None
         adapter.crop_cache(entry.cache, common)

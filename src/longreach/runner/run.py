@@ -21,7 +21,7 @@ from longreach.results import STORE_NAME, Cell, Record, ResultsStore
 from longreach.results.provenance import code_version, fingerprint
 from longreach.runner.executors import parse_executor
 from longreach.runner.plan import Plan, RunConfig
-from longreach.runner.worker import Started
+from longreach.runner.worker import Job, Started
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,10 @@ def run_sweep(config: RunConfig, *, show_progress: bool = True, render: bool = T
         store.set_meta(settings=config.settings(), code=code_version(), threshold=config.threshold, grid=_grid(config))
         if todo:
             console = Console(stderr=True, quiet=not show_progress)
-            longest = max(cell.context_length for cell in todo)
+            calibrated = {spec: c["resolved"] for spec, c in store.meta().get("calibration", {}).items()}
+            job = Job(config, max(cell.context_length for cell in todo), calibrated)
             with console.status(f"loading {config.model} ({config.backend}, {config.dtype})"):
-                results = executor.results(config, todo, longest)
+                results = executor.results(job, todo)
                 first = next(results, None)
             if first is not None:
                 failed = _record(_chain(first, results), todo, store, console)

@@ -5,7 +5,7 @@ into a :class:`~longreach.results.Record` (generate the sample, run it, score it
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from longreach.backends import build_backend
@@ -21,6 +21,16 @@ from longreach.tasks import Sample, Task
 
 
 @dataclass(frozen=True)
+class Job:
+    """What every worker of a run gets: the run's config, the longest length it will read, and the ``auto`` stacks
+    already calibrated by an earlier part of the run (spec -> resolved spec; a resumed run keeps its choice)."""
+
+    config: RunConfig
+    longest: int
+    calibrated: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Started:
     """What a worker reports once ready: its provenance and the calibrations its preparation made."""
 
@@ -31,12 +41,13 @@ class Started:
 class Worker:
     """One backend (one model load) and the run's parsed tasks and prepared stacks."""
 
-    def __init__(self, config: RunConfig, longest: int) -> None:
+    def __init__(self, job: Job) -> None:
+        config = job.config
         plan = Plan.from_config(config)
         self.config = config
         self.tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
         self.backend = build_backend(config.backend, config.model_settings())
-        preparation = self.backend.prepare(plan.stacks, longest)
+        preparation = self.backend.prepare(plan.stacks, job.longest, job.calibrated)
         self.stacks = preparation.stacks
         self.frame = resolve_format(self.backend.tokenizer, config.prompt)
         provenance = {
@@ -77,7 +88,7 @@ def metrics_of(sample: Sample, generation: Generation, score: float) -> dict[str
         "peak_gpu_mb": generation.peak_gpu_mb,
         "kv_cache_bytes": generation.kv_cache_bytes,
         "compressed_kv_bytes": generation.compressed_kv_bytes,
-        "realized_tokens": generation.prompt_tokens or sample.meta["realized_tokens"],
+        "realized_tokens": sample.meta["realized_tokens"],
         "reused_tokens": generation.reused_tokens,
         "new_tokens": generation.new_tokens,
         "realized_depth": sample.meta.get("realized_depth"),
@@ -91,9 +102,10 @@ def run_cell(cell: Cell, task: Task, stack: MethodStack, backend: Any, seed: int
         sample = task.generate(backend.tokenizer, cell.context_length, cell.depth or 0.0, seed, cell.index, frame=frame)
         generation = backend.generate([request_of(sample, cell.mode)], stack)[0]
         expected = sample.meta["realized_tokens"]
-        if generation.prompt_tokens and generation.prompt_tokens != expected:
+        read = generation.prompt_tokens
+        if read and read != expected and stack.of_kind("reader") is None:  # a reader decides itself what it reads
             raise LongreachError(
-                f"the backend read {generation.prompt_tokens} prompt tokens where the prompt has {expected}: its "
+                f"the backend read {read} prompt tokens where the prompt has {expected}: its "
                 "tokenizer or chat template differs from the one the prompt was fitted with"
             )
         score = task.score(sample, generation.text)

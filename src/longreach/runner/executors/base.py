@@ -17,8 +17,7 @@ from typing import ClassVar
 from longreach import params
 from longreach.registry import Registry
 from longreach.results import Cell, Record
-from longreach.runner.plan import RunConfig
-from longreach.runner.worker import Started
+from longreach.runner.worker import Job, Started
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class ExecutorSpec:
         """The cells this process runs (all, unless the executor shards them)."""
         return cells
 
-    def results(self, config: RunConfig, todo: list[Cell], longest: int) -> Iterator[tuple[Record, Started]]:
+    def results(self, job: Job, todo: list[Cell]) -> Iterator[tuple[Record, Started]]:
         raise NotImplementedError
 
 

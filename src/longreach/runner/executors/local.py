@@ -12,8 +12,7 @@ from typing import ClassVar
 from longreach.errors import LongreachError
 from longreach.results import Cell, Record
 from longreach.runner.executors.base import ExecutorSpec, register_executor
-from longreach.runner.plan import RunConfig
-from longreach.runner.worker import Started, Worker
+from longreach.runner.worker import Job, Started, Worker
 
 
 @register_executor
@@ -37,8 +36,8 @@ class Local(ExecutorSpec):
         index, count = self.shard
         return cells[index * len(cells) // count : (index + 1) * len(cells) // count]
 
-    def results(self, config: RunConfig, todo: list[Cell], longest: int) -> Iterator[tuple[Record, Started]]:
-        worker = Worker(config, longest)
+    def results(self, job: Job, todo: list[Cell]) -> Iterator[tuple[Record, Started]]:
+        worker = Worker(job)
         yield from ((record, worker.started) for record in _threaded(worker, todo, self.workers))
 
 

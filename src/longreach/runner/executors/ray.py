@@ -12,15 +12,14 @@ from longreach.backends.openai import BackendUnavailable
 from longreach.errors import LongreachError
 from longreach.results import Cell, Record
 from longreach.runner.executors.base import ExecutorSpec, register_executor
-from longreach.runner.plan import RunConfig
-from longreach.runner.worker import Started, Worker
+from longreach.runner.worker import Job, Started, Worker
 
 
 class _Actor:
     """A Ray actor around one worker."""
 
-    def __init__(self, config: RunConfig, longest: int) -> None:
-        self.worker = Worker(config, longest)
+    def __init__(self, job: Job) -> None:
+        self.worker = Worker(job)
 
     def started(self) -> Started:
         return self.worker.started
@@ -44,7 +43,7 @@ class Ray(ExecutorSpec):
         if self.workers < 0:
             raise LongreachError(f"ray: workers must be >= 0; got {self.workers}")
 
-    def results(self, config: RunConfig, todo: list[Cell], longest: int) -> Iterator[tuple[Record, Started]]:
+    def results(self, job: Job, todo: list[Cell]) -> Iterator[tuple[Record, Started]]:
         try:
             import ray
         except ImportError:
@@ -62,16 +61,16 @@ class Ray(ExecutorSpec):
             except ConnectionError as exc:
                 raise LongreachError(f"cannot reach the Ray cluster at {self.address!r}: {exc}") from None
         try:
-            yield from self._fan_out(ray, config, todo, longest)
+            yield from self._fan_out(ray, job, todo)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _fan_out(self, ray: Any, config: RunConfig, todo: list[Cell], longest: int) -> Iterator[tuple[Record, Started]]:
+    def _fan_out(self, ray: Any, job: Job, todo: list[Cell]) -> Iterator[tuple[Record, Started]]:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         count = max(1, min(self.workers or cpus, len(todo)))
         actor_class = ray.remote(num_cpus=1)(_Actor)
-        actors = [actor_class.remote(config, longest) for _ in range(count)]
+        actors = [actor_class.remote(job) for _ in range(count)]
         started = dict(zip(actors, _get(ray, [actor.started.remote() for actor in actors]), strict=True))
         queue = list(reversed(todo))
         running: dict[Any, Any] = {}

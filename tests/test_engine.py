@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from longreach import tokens
-from longreach.backends import HFBackend, Request
-from longreach.backends.base import cut_at_stop
+from longreach.engine import Engine
+from longreach.generation import Request, cut_at_stop
 from longreach.methods import parse_stack
 
 
@@ -12,14 +12,14 @@ def test_greedy_decode_matches_transformers_generate(tiny):
     prompt = "The grass is green. The sky is blue. The pass key is 12345. What is the pass key?"
     ids = torch.tensor([tokens.encode(tiny.tokenizer, prompt)])
     expected = tiny.model.generate(ids, max_new_tokens=20, do_sample=False, min_new_tokens=20)[0, ids.shape[1] :]
-    generation = HFBackend(tiny).generate([Request(prompt, 20)], parse_stack("none"))[0]
+    generation = Engine(tiny).generate(Request(prompt, 20), parse_stack("none"))
     assert generation.new_tokens == 20
     assert generation.text == tiny.tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_costs_are_measured_and_the_cache_is_physical_bytes(tiny):
     prompt = "word " * 300
-    generation = HFBackend(tiny).generate([Request(prompt, 5)], parse_stack("none"))[0]
+    generation = Engine(tiny).generate(Request(prompt, 5), parse_stack("none"))
     n = tokens.count(tiny.tokenizer, prompt)
     assert generation.prompt_tokens == n
     config = tiny.model.config
@@ -53,21 +53,26 @@ def test_prefix_reuse_gives_the_same_answers(tiny, spec):
     samples = [task.generate(tiny.tokenizer, 1500, depth, seed=0, index=0) for depth in (0.2, 0.6, 0.9)]
     requests = [Request(s.prompt, 8) for s in samples]
     stack = parse_stack(spec)
-    fresh = HFBackend(tiny).generate(requests, stack)
-    reusing = HFBackend(tiny, reuse_prefix=True).generate(requests, stack)
+    fresh_engine, reusing_engine = Engine(tiny), Engine(tiny, reuse_prefix=True)
+    fresh = [fresh_engine.generate(request, stack) for request in requests]
+    reusing = [reusing_engine.generate(request, stack) for request in requests]
     assert [g.text for g in reusing] == [g.text for g in fresh]
     assert reusing[0].reused_tokens == 0
     assert reusing[1].reused_tokens > 200 and reusing[2].reused_tokens > 200, "the shared haystack is reused"
     assert [g.kv_cache_bytes for g in reusing] == [g.kv_cache_bytes for g in fresh]
 
 
-def test_prefix_reuse_needs_the_same_length_and_stack(tiny):
-    backend = HFBackend(tiny, reuse_prefix=True)
+def test_prefix_reuse_needs_the_same_stack_and_for_length_reading_stacks_the_same_length(tiny):
+    engine = Engine(tiny, reuse_prefix=True)
     prompt = "word " * 400
-    backend.generate([Request(prompt, 2)], parse_stack("none"))
-    assert backend.generate([Request(prompt + "more", 2)], parse_stack("none"))[0].reused_tokens == 0
-    backend.generate([Request(prompt, 2)], parse_stack("none"))
-    assert backend.generate([Request(prompt, 2)], parse_stack("linear"))[0].reused_tokens == 0
+    engine.generate(Request(prompt, 2), parse_stack("none"))
+    assert engine.generate(Request(prompt + "more", 2), parse_stack("none")).reused_tokens > 300, "a longer prompt"
+    engine.generate(Request(prompt, 2), parse_stack("none"))
+    assert engine.generate(Request(prompt, 2), parse_stack("linear")).reused_tokens == 0, "another stack"
+    engine.generate(Request(prompt, 2), parse_stack("dynamic"))
+    assert engine.generate(Request(prompt + "more", 2), parse_stack("dynamic")).reused_tokens == 0, "dynamic reads n"
+    engine.generate(Request(prompt, 2), parse_stack("dynamic"))
+    assert engine.generate(Request(prompt, 2), parse_stack("dynamic")).reused_tokens > 300
 
 
 def test_gpu_peak_is_zero_on_the_cpu():

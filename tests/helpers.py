@@ -1,0 +1,30 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from longreach.results import METRIC, Cell, Record
+from longreach.runner import Grid, RunConfig
+
+_GRID = ("tasks", "lengths", "methods", "depths", "samples", "question_modes")
+_OPENAI = ("base_url", "api", "tokenizer", "concurrency", "timeout", "retries")
+
+
+def run_config(out: Path, **values: Any) -> RunConfig:
+    """A RunConfig for tiny-llama from flat keyword values (grid fields, run fields, openai backend options)."""
+    values.setdefault("model", "tiny-llama")
+    values.setdefault("dtype", "fp32")
+    values.setdefault("depths", (0.5,))
+    grid = Grid(**{key: values.pop(key) for key in _GRID if key in values})
+    openai = {key: values.pop(key) for key in _OPENAI if key in values}
+    if openai:
+        values["backend"] = "openai:" + ":".join(f"{key}={value}" for key, value in openai.items())
+    return RunConfig(grid=grid, out=out, **values)
+
+
+def record(cell: Cell, status: str = "ok", **values: Any) -> Record:
+    """A Record from flat keyword values: declared metric names go into its metrics, the rest are its fields."""
+    metrics = {key: values.pop(key) for key in list(values) if key in METRIC}
+    return Record(cell, status, metrics, **values)
