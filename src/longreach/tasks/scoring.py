@@ -78,3 +78,24 @@ _REFUSALS = ("not stated", "not mentioned", "not explicitly stated", "not given"
 def refuses(prediction: str) -> bool:
     """True when the prediction says the answer is not in the text."""
     return any(contains(prediction, phrase) for phrase in _REFUSALS)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def copied_share(text: str, source: str, n: int = 4) -> float:
+    """Share of the words of ``text`` that lie inside a run of ``n`` words also found in ``source`` (case and
+    punctuation ignored): how much of an answer is copied from the prompt. Memory is bounded by ``text``;
+    ``source`` is scanned once."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < n:
+        return 0.0
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    wanted = set(grams)
+    source_words = [w.lower() for w in _WORD.findall(source)]
+    seen = {g for g in zip(*(source_words[k:] for k in range(n)), strict=False) if g in wanted}
+    copied = [False] * len(words)
+    for i, gram in enumerate(grams):
+        if gram in seen:
+            copied[i : i + n] = [True] * n
+    return sum(copied) / len(words)
