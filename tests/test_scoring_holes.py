@@ -1,8 +1,12 @@
-"""Scoring holes closed: an echo of a longgen prompt earns nothing."""
+"""Scoring holes closed: an echo of a longgen prompt earns nothing, a list of bio candidates no more than a guess."""
+
+import itertools
+import re
 
 import pytest
 
 from longreach.tasks import parse_task, scoring
+from longreach.tasks.biographies import candidates
 
 LONGGEN = ["longgen_diary", "longgen_floors"]
 _PROSE = "The light was warm, the talk ran late, and everyone went home tired. "
@@ -63,3 +67,66 @@ def test_copied_share_measures_runs_copied_from_the_source():
     assert scoring.copied_share("We went rowing on the lake in week 2.", source) == 0.0
     assert scoring.copied_share("In weeks 1 to 3 we rowed a lot", source) == pytest.approx(5 / 9)
     assert scoring.copied_share("too short", source) == 0.0
+
+
+def test_mentions_reads_candidates_in_order_longest_first():
+    assert scoring.mentions(("York", "New York", "Leeds"), "new york, then Leeds, then York.") == [
+        "New York",
+        "Leeds",
+        "York",
+    ]
+    assert scoring.mentions(("Leeds",), "Leedsy Leeds") == ["Leeds"]
+    assert scoring.mentions((), "anything") == []
+
+
+BIO_VALUE_OPS = ["bio_retrieve", "bio_paraphrase", "bio_pronoun", "bio_cite", "bio_idk"]
+
+
+@pytest.mark.parametrize("name", BIO_VALUE_OPS)
+def test_bio_a_list_of_values_earns_no_more_than_one_wrong_guess(tiny, name):
+    task = parse_task(name).task
+    for index in range(4):
+        sample = task.generate(tiny.tokenizer, 1500, 0.5, seed=0, index=index)
+        values = candidates(sample.meta["attribute"])
+        wrong = next(v for v in values if v != sample.answers[0])
+        everything = " " + ", ".join(values) + "."
+        if task.op == "idk":
+            assert task.score(sample, f" {everything} The answer is not explicitly stated.") == 0.0
+            continue
+        assert task.score(sample, everything) == task.score(sample, f" {wrong}.") == 0.0
+        assert task.score(sample, f" {sample.answers[0]} or {wrong}.") == 0.0
+        if task.op == "cite":
+            ids = " ".join(f"[{i}]" for i in re.findall(r"Bio \[(\d{4})\]", sample.context))
+            assert task.score(sample, f"{everything} {ids}") == 0.0
+            assert task.score(sample, f" {sample.answers[0]} {ids}") == 0.5, "the right value, every id cited"
+
+
+def test_bio_multi_a_list_is_no_better_than_a_guess(tiny):
+    task = parse_task("bio_multi").task
+    for index in range(4):
+        sample = task.generate(tiny.tokenizer, 2000, 0.5, seed=0, index=index)
+        values = candidates(sample.meta["attribute"])
+        assert task.score(sample, " " + ", ".join(values * len(sample.answers))) == 0.0
+        assert task.score(sample, " " + ", ".join(sample.answers) + ", " + ", ".join(values)) == 0.0
+        assert task.score(sample, " " + ", ".join(sample.answers) + ".") == 1.0
+
+
+def test_bio_rank_is_read_in_order_of_first_mention(tiny):
+    task = parse_task("bio_rank").task
+    for index in range(4):
+        sample = task.generate(tiny.tokenizer, 2000, 0.5, seed=0, index=index)
+        orders = [list(p) for p in itertools.permutations(sample.answers)]
+        wrong_first = sorted(orders, key=lambda order: order == list(sample.answers))
+        listing = " " + "; ".join(", ".join(order) for order in wrong_first)
+        assert task.score(sample, listing) == 0.0, "every order listed: read as the first one"
+        assert task.score(sample, " " + ", ".join(sample.answers) + ", then " + sample.answers[0]) == 1.0
+
+
+def test_bio_age_diff_and_compare_read_one_answer(tiny):
+    age, compare = parse_task("bio_age_diff").task, parse_task("bio_compare").task
+    for index in range(4):
+        sample = age.generate(tiny.tokenizer, 1500, 0.5, seed=0, index=index)
+        numbers = " " + ", ".join(str(k) for k in range(52))
+        assert age.score(sample, numbers) == age.score(sample, " 51")
+        pair = compare.generate(tiny.tokenizer, 1500, 0.5, seed=0, index=index)
+        assert compare.score(pair, " " + " or ".join(pair.meta["people"])) == 0.0

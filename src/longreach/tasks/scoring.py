@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -37,6 +38,24 @@ def match_any(golds: tuple[str, ...] | list[str], prediction: str) -> float:
 def found(candidates: tuple[str, ...] | list[str], prediction: str) -> set[str]:
     """The candidates (e.g. every entity name of a sample) that occur in the prediction."""
     return {c for c in candidates if contains(prediction, c)}
+
+
+def mentions(candidates: tuple[str, ...] | list[str], prediction: str) -> list[str]:
+    """The candidates named in the prediction, in order of appearance, repeats kept (case-insensitive, word
+    boundaries; where two candidates overlap the longer one is named). Scorers that want one answer compare
+    this list with the gold, so listing many candidates is never better than one guess."""
+    if not candidates:
+        return []
+    pattern, canonical = _alternation(tuple(candidates))
+    return [canonical[m.group().lower()] for m in pattern.finditer(clean(prediction))]
+
+
+@functools.lru_cache(maxsize=64)
+def _alternation(candidates: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    ordered = sorted({c.strip() for c in candidates}, key=len, reverse=True)
+    body = "|".join(re.escape(c) for c in ordered)
+    pattern = re.compile(r"(?<![0-9A-Za-z])(?:" + body + r")(?![0-9A-Za-z])", flags=re.IGNORECASE)
+    return pattern, {c.lower(): c for c in ordered}
 
 
 def f1(predicted: set[str], gold: set[str]) -> float:
