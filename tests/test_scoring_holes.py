@@ -61,12 +61,10 @@ def test_longgen_counts_own_entries_that_restate_their_rule(tiny, name):
         assert task.score(sample, echoed_first) == pytest.approx(len(later) / len(sample.meta["checks"]))
 
 
-def test_copied_share_measures_runs_copied_from_the_source():
+def test_copied_shares_measure_runs_copied_from_the_source():
     source = "In weeks 1 to 3, every entry mentions rowing. Planning notes from last year."
-    assert scoring.copied_share("in WEEKS 1 to 3 every entry", source) == 1.0
-    assert scoring.copied_share("We went rowing on the lake in week 2.", source) == 0.0
-    assert scoring.copied_share("In weeks 1 to 3 we rowed a lot", source) == pytest.approx(5 / 9)
-    assert scoring.copied_share("too short", source) == 0.0
+    texts = ["in WEEKS 1 to 3 every entry", "We went rowing on the lake in week 2.", "In weeks 1 to 3 we rowed a lot"]
+    assert scoring.copied_shares([*texts, "too short", ""], source) == pytest.approx([1.0, 0.0, 5 / 9, 0.0, 0.0])
 
 
 def test_mentions_reads_candidates_in_order_longest_first():

@@ -163,7 +163,8 @@ class LongGeneration(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         blocks = self.blocks(prediction)
-        own = {entry: text for entry, text in blocks.items() if scoring.copied_share(text, sample.prompt) <= _ECHO}
+        shares = scoring.copied_shares(list(blocks.values()), sample.prompt)
+        own = {entry: text for (entry, text), share in zip(blocks.items(), shares, strict=True) if share <= _ECHO}
         checks = sample.meta["checks"]
         met = sum(scoring.contains(own.get(entry, ""), keyword) for entry, keyword in checks)
         return met / len(checks)

@@ -102,19 +102,20 @@ def refuses(prediction: str) -> bool:
 _WORD = re.compile(r"\w+")
 
 
-def copied_share(text: str, source: str, n: int = 4) -> float:
-    """Share of the words of ``text`` that lie inside a run of ``n`` words also found in ``source`` (case and
-    punctuation ignored): how much of an answer is copied from the prompt. Memory is bounded by ``text``;
-    ``source`` is scanned once."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    if len(words) < n:
-        return 0.0
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    wanted = set(grams)
-    source_words = [w.lower() for w in _WORD.findall(source)]
-    seen = {g for g in zip(*(source_words[k:] for k in range(n)), strict=False) if g in wanted}
-    copied = [False] * len(words)
-    for i, gram in enumerate(grams):
-        if gram in seen:
-            copied[i : i + n] = [True] * n
-    return sum(copied) / len(words)
+def copied_shares(texts: list[str], source: str, n: int = 4) -> list[float]:
+    """For each text, the share of its words that lie inside a run of ``n`` words also found in ``source``
+    (case and punctuation ignored): how much of an answer is copied from the prompt. ``source`` is scanned
+    once for all texts, and memory is bounded by the texts."""
+    split = [[w.lower() for w in _WORD.findall(text)] for text in texts]
+    grams = [[tuple(words[i : i + n]) for i in range(len(words) - n + 1)] for words in split]
+    wanted = {gram for found in grams for gram in found}
+    source_words = [w.lower() for w in _WORD.findall(source)] if wanted else []
+    seen = {gram for gram in zip(*(source_words[k:] for k in range(n)), strict=False) if gram in wanted}
+    shares = []
+    for words, found in zip(split, grams, strict=True):
+        copied = [False] * len(words)
+        for i, gram in enumerate(found):
+            if gram in seen:
+                copied[i : i + n] = [True] * n
+        shares.append(sum(copied) / len(words) if words else 0.0)
+    return shares
