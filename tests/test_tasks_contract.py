@@ -75,6 +75,8 @@ def test_probe_is_the_same_at_every_length(tiny, name):
 
 @pytest.mark.parametrize("name", GENERATED)
 def test_perfect_answer_scores_one_and_wrong_scores_zero(tiny, name):
+    """The reference answer is built from the generator's own gold, so a wrong gold would pass here; that the
+    gold is right is checked by the brute-force oracles of test_task_oracles.py."""
     task = parse_task(name).task
     for index in range(3):
         sample = task.generate(tiny.tokenizer, 1000, 0.5, seed=0, index=index)

@@ -13,7 +13,11 @@ end of this bio.``); the target bios are bios too, so nothing is out of place. Q
 ``distractor_density``: each distractor bio mentions the asked attribute with this probability (LongBioBench's
 d). The requested depth places the first target bio; other targets sit at depths from the probe stream.
 Scores follow LongBioBench: case-insensitive match for strings, the last integer for numbers, all-or-nothing
-in-order matching for lists, a refusal for idk, and for cite the mean of answer and citation accuracy.
+in-order matching for lists, a refusal for idk, and for cite the mean of answer and citation accuracy. One
+tightening: an answer is the values it names, so a list of candidates is never better than one guess. The
+values of the asked attribute named in the answer must be exactly the gold (one value; for multi_retrieve the
+gold list in order), the people of rank are read in order of first mention, the bio ids cited must be exactly
+the supporting one, and an idk answer must refuse without naming a value.
 Deviations: bios carry random ids rather than positions (positions would change with length); there are no
 two-shot demonstrations; ages are birth-year differences (no reference year is needed).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +66,8 @@ _PRONOUN = {
     "work_city": "I work in {value}.",
     "hobby": "My hobby is {value}.",
 }
+_LISTS = {"birthplace": "cities", "work_city": "cities", "major": "majors", "hobby": "hobbies"}
+_BIO_ID = re.compile(r"(?<![0-9])[0-9]{4}(?![0-9])")
 _NOUN = {
     "birthplace": "birthplace",
     "university": "university",
@@ -186,7 +193,7 @@ class Biographies(Task):
             attribute=attribute,
             people=[p.name for p in people],
             evidence=evidence,
-            random_baseline=round(self._baseline(attribute), 6),
+            random_baseline=round(self._baseline(attribute, bios=fitted.filler_units + len(needles)), 6),
         )
 
     def _bio(self, person: Person, r: random.Random, asked: str, drop: bool) -> str:
@@ -262,12 +269,14 @@ class Biographies(Task):
             [a.value("birthdate")],
         )
 
-    def _baseline(self, attribute: str) -> float:
-        """Expected score of a guess: a random value of the attribute, order, year gap or person."""
-        sizes = {"birthplace": "cities", "work_city": "cities", "major": "majors", "hobby": "hobbies"}
-        options = len(words.word_list(sizes[attribute])) if attribute in sizes else len(words.word_list("last_names"))
-        if self.op in ("retrieve", "cite"):
+    def _baseline(self, attribute: str, bios: int) -> float:
+        """Expected score of a guess: a random value of the attribute (and, for cite, the id of a random bio of
+        the context), a random order, year gap (0..51) or person."""
+        options = len(candidates(attribute)) if attribute in (*_LISTS, "university") else 0
+        if self.op == "retrieve":
             return 1 / options
+        if self.op == "cite":
+            return (1 / options + 1 / bios) / 2
         if self.op == "multi_retrieve":
             return (1 / options) ** self.n_targets
         if self.op == "age_diff":
@@ -287,14 +296,26 @@ class Biographies(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         answers, people = sample.answers, sample.meta["people"]
+        named = scoring.mentions(candidates(sample.meta["attribute"]), prediction)
         if self.op == "idk":
-            return float(scoring.refuses(prediction))
+            return float(scoring.refuses(prediction) and not named)
         if self.op == "retrieve":
-            return scoring.match_any(answers, prediction)
+            return float(set(named) == {answers[0]})
         if self.op == "cite":
-            return (scoring.contains(prediction, answers[0]) + scoring.contains(prediction, answers[1])) / 2
+            cited = set(_BIO_ID.findall(scoring.clean(prediction)))
+            return ((set(named) == {answers[0]}) + (cited == {answers[1]})) / 2
+        if self.op == "multi_retrieve":
+            return float(named == list(answers))
         if self.op == "age_diff":
             return float(scoring.last_integer(prediction) == int(answers[0]))
         if self.op == "compare":
             return float(scoring.found(people, prediction) == {answers[0]})
-        return scoring.in_order(answers, prediction)
+        order = list(dict.fromkeys(scoring.mentions(people, prediction)))  # rank: people by first mention
+        return float(order == list(answers))
+
+
+def candidates(attribute: str) -> tuple[str, ...]:
+    """Every value the attribute can take (what a list of guesses would draw from); none for birthdate."""
+    if attribute == "university":
+        return tuple(f"{name} University" for name in words.word_list("last_names"))
+    return words.word_list(_LISTS[attribute]) if attribute in _LISTS else ()

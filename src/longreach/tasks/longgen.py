@@ -9,9 +9,12 @@ preceded by generated planning notes so its length is exact. The answer is prefi
 header, as SGT does for its skyscraper and urban prompts.
 
 Score: STIC-2, the fraction of all checks satisfied, judged by rule (the event's keyword appears in the
-right entry; SGT uses an LLM judge). ``meta`` also lists the checks; the completion rate is the fraction of
-entries present. Random baseline: 0 (a fluent answer that ignores the constraints satisfies none); note that
-an answer naming every event in every entry would satisfy all checks, as under SGT's judge.
+right entry; SGT uses an LLM judge). Only the model's own writing counts: an entry most of whose words lie in
+runs of 4 words copied from the prompt (an echo of the instructions or the notes, verbatim or with a word
+changed here and there) is an echo and meets no check, so echoing the prompt scores 0. ``meta`` also lists the
+checks; the completion rate is the fraction of entries present. Random baseline: 0 (a fluent answer that
+ignores the constraints satisfies none); note that an answer naming every event in every entry would satisfy
+all checks, as under SGT's judge.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from longreach.tasks.base import Sample, Task
 from longreach.tasks.filler import prose_units
 
 Scenario = Literal["diary", "floors"]
+_ECHO = 0.5  # an entry with more than this share of its words copied from the prompt is an echo
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class LongGeneration(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         blocks = self.blocks(prediction)
+        shares = scoring.copied_shares(list(blocks.values()), sample.prompt)
+        own = {entry: text for (entry, text), share in zip(blocks.items(), shares, strict=True) if share <= _ECHO}
         checks = sample.meta["checks"]
-        met = sum(scoring.contains(blocks.get(entry, ""), keyword) for entry, keyword in checks)
+        met = sum(scoring.contains(own.get(entry, ""), keyword) for entry, keyword in checks)
         return met / len(checks)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -37,6 +38,24 @@ def match_any(golds: tuple[str, ...] | list[str], prediction: str) -> float:
 def found(candidates: tuple[str, ...] | list[str], prediction: str) -> set[str]:
     """The candidates (e.g. every entity name of a sample) that occur in the prediction."""
     return {c for c in candidates if contains(prediction, c)}
+
+
+def mentions(candidates: tuple[str, ...] | list[str], prediction: str) -> list[str]:
+    """The candidates named in the prediction, in order of appearance, repeats kept (case-insensitive, word
+    boundaries; where two candidates overlap the longer one is named). Scorers that want one answer compare
+    this list with the gold, so listing many candidates is never better than one guess."""
+    if not candidates:
+        return []
+    pattern, canonical = _alternation(tuple(candidates))
+    return [canonical[m.group().lower()] for m in pattern.finditer(clean(prediction))]
+
+
+@functools.lru_cache(maxsize=64)
+def _alternation(candidates: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    ordered = sorted({c.strip() for c in candidates}, key=len, reverse=True)
+    body = "|".join(re.escape(c) for c in ordered)
+    pattern = re.compile(r"(?<![0-9A-Za-z])(?:" + body + r")(?![0-9A-Za-z])", flags=re.IGNORECASE)
+    return pattern, {c.lower(): c for c in ordered}
 
 
 def f1(predicted: set[str], gold: set[str]) -> float:
@@ -78,3 +97,25 @@ _REFUSALS = ("not stated", "not mentioned", "not explicitly stated", "not given"
 def refuses(prediction: str) -> bool:
     """True when the prediction says the answer is not in the text."""
     return any(contains(prediction, phrase) for phrase in _REFUSALS)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def copied_shares(texts: list[str], source: str, n: int = 4) -> list[float]:
+    """For each text, the share of its words that lie inside a run of ``n`` words also found in ``source``
+    (case and punctuation ignored): how much of an answer is copied from the prompt. ``source`` is scanned
+    once for all texts, and memory is bounded by the texts."""
+    split = [[w.lower() for w in _WORD.findall(text)] for text in texts]
+    grams = [[tuple(words[i : i + n]) for i in range(len(words) - n + 1)] for words in split]
+    wanted = {gram for found in grams for gram in found}
+    source_words = [w.lower() for w in _WORD.findall(source)] if wanted else []
+    seen = {gram for gram in zip(*(source_words[k:] for k in range(n)), strict=False) if gram in wanted}
+    shares = []
+    for words, found in zip(split, grams, strict=True):
+        copied = [False] * len(words)
+        for i, gram in enumerate(found):
+            if gram in seen:
+                copied[i : i + n] = [True] * n
+        shares.append(sum(copied) / len(words) if words else 0.0)
+    return shares
