@@ -36,6 +36,7 @@ demo: $(STAMP)
 		--depths 0,0.25,0.5,0.75 --samples 2 --out runs/demo --resume
 
 test: $(TEST_STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(TEST_STAMP)

@@ -13,6 +13,7 @@ from longreach.engine import Engine
 from longreach.errors import LongreachError
 from longreach.generation import Request
 from longreach.methods import parse_stack
+from longreach.methods.attention import moa_profile
 from longreach.methods.attention.moa import MoAPlan, band_attention, shipped_plans
 from longreach.methods.attention.moa_profile import Profile, influence_by_distance, make_plan
 from longreach.models import adapter
@@ -149,11 +150,11 @@ def test_the_recomputing_attention_gives_autograd_gradients_and_probabilities():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 9, 4, requires_grad=True) for _ in range(3))
     seen = {}
-    out = adapter._ObservedAttention.apply(q, k, v, 0.5, lambda p, g: seen.update(p=p, g=g))
+    out = moa_profile._ObservedAttention.apply(q, k, v, 0.5, lambda p, g: seen.update(p=p, g=g))
     weights = torch.randn_like(out)
     (out * weights).sum().backward()
     q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    probabilities = adapter._causal_probabilities(q2, k2, 0.5)
+    probabilities = moa_profile._causal_probabilities(q2, k2, 0.5)
     probabilities.retain_grad()
     ((probabilities @ v2) * weights).sum().backward()
     torch.testing.assert_close(out, probabilities @ v2)

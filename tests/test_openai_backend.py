@@ -103,31 +103,39 @@ def backend(server, **kwargs) -> OpenAIBackend:
 
 def test_completions_and_chat_are_greedy_and_parsed(server):
     prompt = "The pass key is 4242. What is the pass key? The pass key is"
-    out = backend(server).generate(Request(prompt, 12, ("\n",)), NONE)
+    out = backend(server).generate([Request(prompt, 12, ("\n",))], NONE)[0]
     assert out.text == " 4242." and out.prompt_tokens == tokens.count(tiny_tokenizer(), prompt)
     body = server.bodies[-1]
     assert body["prompt"] == prompt and body["temperature"] == 0.0 and body["max_tokens"] == 12
     assert body["stop"] == ["\n"] and body["model"] == "served-model"
-    chat = backend(server, api="chat").generate(Request(prompt, 5), NONE)
-    assert chat.text == " 4242." and server.bodies[-1]["messages"] == [{"role": "user", "content": prompt}]
+    turns = ("The pass key is 4242. What is the pass key?", "The pass key is")
+    chat = backend(server, api="chat").generate([Request(prompt, 5, chat=turns)], NONE)[0]
+    body = server.bodies[-1]
+    assert chat.text == " 4242." and body["messages"] == [
+        {"role": "user", "content": turns[0]},
+        {"role": "assistant", "content": turns[1]},
+    ]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    with pytest.raises(RequestRejected, match="run with --prompt chat"):
+        backend(server, api="chat").generate([Request(prompt, 5)], NONE)
 
 
 def test_429_and_5xx_are_retried_with_backoff(server):
     server.script = [429, 503, 500]
-    out = backend(server, retries=3).generate(Request("pass key is 7", 4), NONE)
+    out = backend(server, retries=3).generate([Request("pass key is 7", 4)], NONE)[0]
     assert out.text == " 7." and len(server.bodies) == 4
 
 
 def test_a_server_that_keeps_failing_is_unavailable(server):
     server.script = [503] * 5
     with pytest.raises(BackendUnavailable, match=r"did not answer after 3 tries \(HTTP 503"):
-        backend(server, retries=2).generate(Request("x", 4), NONE)
+        backend(server, retries=2).generate([Request("x", 4)], NONE)
 
 
 def test_a_rejected_request_is_not_retried(server):
     server.script = [400]
     with pytest.raises(RequestRejected, match="answered 400"):
-        backend(server, retries=3).generate(Request("x", 4), NONE)
+        backend(server, retries=3).generate([Request("x", 4)], NONE)
     assert len(server.bodies) == 1
 
 
@@ -144,7 +152,7 @@ def test_at_most_concurrency_requests_are_in_flight(server):
 def test_a_request_past_its_timeout_is_retried_then_unavailable(server):
     server.delay = 1.0
     with pytest.raises(BackendUnavailable, match="did not answer after 2 tries"):
-        backend(server, timeout=0.2, retries=1).generate(Request("x", 4), NONE)
+        backend(server, timeout=0.2, retries=1).generate([Request("x", 4)], NONE)
 
 
 def test_nobody_listening_is_unavailable():
@@ -158,7 +166,7 @@ def test_nobody_listening_is_unavailable():
 
 def test_methods_cannot_be_applied_to_a_served_model(server):
     with pytest.raises(LongreachError, match="cannot apply"):
-        backend(server).generate(Request("x", 4), _FakeStack())
+        backend(server).generate([Request("x", 4)], _FakeStack())
 
 
 class _FakeStack:
@@ -196,7 +204,9 @@ def test_a_sweep_through_the_server_scores_and_stores_every_cell(tmp_path, serve
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert all(c["score"] == 1.0 for c in report["cells"])
     assert all(c["realized_tokens"] == c["context_length"] for c in report["cells"]), "the server's usage agrees"
-    assert report["provenance"]["backend"] == "openai" and server.url in report["provenance"]["model_source"]
+    (provenance,) = report["provenance"].values()
+    assert provenance["settings"]["backend"].startswith("openai:") and server.url in provenance["model_source"]
+    assert {c["backend"] for c in report["cells"]} == {"openai"}, "the backend is an axis of every cell"
 
 
 def test_a_server_dying_mid_sweep_loses_nothing_and_resume_finishes(tmp_path):

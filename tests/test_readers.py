@@ -29,7 +29,7 @@ def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
     "spec",
     [
         "infiniretri:chunk=256:topk=40",
-        "longheads:chunk=32:chunks=6:segment=128",
+        "longheads:block=32:blocks=6:segment=128",
         "landmark:block=32:blocks=6:segment=96",
         "infiniretri:chunk=256+dynamic",
     ],
@@ -80,7 +80,7 @@ def test_block_retrieval_kernel_matches_the_rule_written_out(tiny):
     retrieval = BlockRetrieval(block=block, slots=slots, summary="mean")
     rotary = adapter.rotary_module(tiny.model)
     call = adapter.AttentionCall(module, 0, query, key, value, torch.arange(n), None, None, None, None, {}, rotary)
-    ours = retrieval.kernel(call)[0]  # (n, h, d)
+    ours = retrieval.kernel(call, None)[0]  # (n, h, d)
     last = n - block
     last_call = adapter.AttentionCall(
         module, 0, query[:, :, last:], None, None, torch.arange(last, n), None, None, None, None, {}, rotary
@@ -93,7 +93,7 @@ def test_block_retrieval_kernel_matches_the_rule_written_out(tiny):
 def test_block_retrieval_keeps_positions_inside_the_window_and_decodes(tiny, summary):
     ids = torch.randint(5, 1000, (1, 40 * 16), generator=torch.Generator().manual_seed(6))
     retrieval = BlockRetrieval(block=16, slots=6, summary=summary)
-    with torch.no_grad(), adapter.patched_attention(tiny.model, retrieval.kernel):
+    with torch.no_grad(), adapter.attention_kernel(tiny.model, retrieval.kernel):
         _, cache = adapter.forward(tiny.model, ids[:, :-1])
         logits, cache = adapter.forward(tiny.model, ids[:, -1:], cache, start=ids.shape[1] - 1)
     assert torch.isfinite(logits).all()

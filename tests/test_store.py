@@ -48,12 +48,10 @@ def test_kill_at_any_moment_leaves_a_consistent_store(tmp_path):
     """A writer is SIGKILLed mid-stream; every committed row survives and the file passes integrity_check."""
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from helpers import record
-
-from longreach.results import Cell, ResultsStore
+        from longreach.results import Cell, Record, ResultsStore
         store = ResultsStore(Path({str(tmp_path)!r}))
         for i in range(100000):
-            store.record(record(Cell("t", "none", 1, 0.0, i), "ok", score=1.0, prediction="x" * 2000))
+            store.record(Record(Cell("t", "none", 1, 0.0, i), "ok", {{"score": 1.0}}, prediction="x" * 2000))
     """)
     writer = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60

@@ -73,7 +73,7 @@ def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_t
                 assert len(remote.tokenizer(sample.prompt)["input_ids"]) == length
                 request = Request(sample.prompt, sample.max_new_tokens, sample.stop)
                 served = remote.generate([request], none)[0]
-                here = local.generate([request], none)[0]
+                here = local.generate(request, none)
                 assert served.prompt_tokens == length == tokens.count(smollm2_tokenizer, sample.prompt)
                 compared.append((name, length, depth, task.score(sample, served.text), task.score(sample, here.text)))
     assert all(s == h for *_, s, h in compared), compared

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from longreach import tokens
+from longreach.generation import cut_at_stop
 from longreach.methods.attention.moa import MoAPlan
 from longreach.models import LoadedModel, adapter
 from longreach.params import require
@@ -104,21 +105,37 @@ def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterato
 
 
 def calibration_prompts(loaded: LoadedModel, length: int, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) pairs: retrieval prompts of ``length`` tokens answered greedily by the model."""
-    from longreach.backends import HFBackend, Request
-    from longreach.methods import parse_stack
-
-    backend = HFBackend(loaded)
+    """(prompt ids, answer ids) pairs: retrieval prompts of ``length`` tokens and the model's own greedy answer
+    (up to its first stop string or 12 tokens)."""
     pairs = []
     for index in range(count):
         task = parse_task("passkey" if index % 2 == 0 else "niah_multikey_1").task
         sample = task.generate(loaded.tokenizer, length, (index + 0.5) / count, seed, index)
-        answer = backend.generate([Request(sample.prompt, 12, sample.stop)], parse_stack("none"))[0].text
         prompt_ids = tokens.encode(loaded.tokenizer, sample.prompt)
+        answer = _greedy_answer(loaded, prompt_ids, sample.stop, 12)
         answer_ids = tokens.encode(loaded.tokenizer, sample.prompt + answer)[len(prompt_ids) :]
         if answer_ids:
             pairs.append((prompt_ids, answer_ids))
     return pairs
+
+
+def _greedy_answer(loaded: LoadedModel, prompt_ids: list[int], stop: tuple[str, ...], budget: int) -> str:
+    """The unmodified model's greedy continuation of ``prompt_ids``, cut at the first stop string."""
+    with torch.inference_mode():
+        logits, cache = adapter.forward(loaded.model, torch.tensor([prompt_ids], device=loaded.device))
+        new: list[int] = []
+        text = ""
+        for step in range(budget):
+            token_id = int(logits[0, -1].argmax())
+            if token_id == loaded.tokenizer.eos_token_id:
+                break
+            new.append(token_id)
+            text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+            if cut_at_stop(text, stop) is not None:
+                return cut_at_stop(text, stop) or text
+            token = torch.tensor([[new[-1]]], device=loaded.device)
+            logits, cache = adapter.forward(loaded.model, token, cache, start=len(prompt_ids) + step)
+    return text
 
 
 def influence_by_distance(probabilities: torch.Tensor, grad: torch.Tensor, kv_heads: int, sink: int) -> torch.Tensor:

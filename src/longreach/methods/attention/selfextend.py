@@ -106,6 +106,7 @@ class SelfExtend(Method):
     target: int = field(default=0, metadata={"help": "length the rule plans for (0: the length read)"})
 
     name: ClassVar[str] = "selfextend"
+    example: ClassVar[str] = "selfextend:window=128:group=4"
     reads_length: ClassVar[bool] = True
     kind: ClassVar[Kind] = "attention"
     summary: ClassVar[str] = "SelfExtend: neighbour attention within W, grouped positions (//G) beyond"

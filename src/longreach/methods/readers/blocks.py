@@ -245,6 +245,7 @@ class LongHeads(BlockReader):
     attention-pooled keys."""
 
     name: ClassVar[str] = "longheads"
+    example: ClassVar[str] = "longheads:block=32:blocks=6:segment=128"
     summary: ClassVar[str] = "LongHeads: each head attends to its top chunks, positions within the window"
     paper: ClassVar[str] = "Lu et al. 2024, LongHeads"
     summary_kind: ClassVar[Summary] = "pooled"
@@ -257,6 +258,7 @@ class Landmark(BlockReader):
     2305.16300): blocks are represented by the mean of the model's own keys instead of trained landmark tokens."""
 
     name: ClassVar[str] = "landmark"
+    example: ClassVar[str] = "landmark:block=32:blocks=6:segment=128"
     summary: ClassVar[str] = "block retrieval by mean-key landmarks (training-free Landmark Attention)"
     paper: ClassVar[str] = "Mohtashami & Jaggi 2023, Landmark Attention"
     summary_kind: ClassVar[Summary] = "mean"

@@ -67,6 +67,7 @@ class InfiniRetri(ReaderMethod):
     unit: int = field(default=128, metadata={"help": "longest selectable unit in tokens (longer sentences split)"})
 
     name: ClassVar[str] = "infiniretri"
+    example: ClassVar[str] = "infiniretri:chunk=256:topk=40:unit=32:sink=16"
     summary: ClassVar[str] = "InfiniRetri: read in chunks, keep the sentences the question attends to"
     paper: ClassVar[str] = "Ye et al. 2025, Infinite Retrieval"
     bounded_memory: ClassVar[bool] = True
