@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from longreach.models import load_tokenizer, resolve
-from longreach.runner.provenance import environment
+from longreach.results.provenance import current as environment
 from longreach.tasks import fitting as new_fitting
 from longreach.tasks.filler import NOISE
 

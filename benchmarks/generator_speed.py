@@ -17,7 +17,7 @@ from pathlib import Path
 
 from longreach import tokens
 from longreach.models import load_tokenizer, resolve
-from longreach.runner.provenance import environment
+from longreach.results.provenance import current as environment
 from longreach.tasks import parse_task
 
 DEFAULT_TASKS = (

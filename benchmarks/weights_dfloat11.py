@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from longreach.models import load_model
-from longreach.runner.provenance import environment
+from longreach.results.provenance import current as environment
 from longreach.weights import codec, huffman
 from longreach.weights.fileformat import CompressedFile
 from longreach.weights.model import WEIGHTS_FILE, model_tensors, stored_bytes, write_compressed

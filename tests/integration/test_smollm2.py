@@ -18,6 +18,7 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
         out=tmp_path,
         depths=(0.0, 0.25, 0.5, 0.75),
         samples=1,
+        prompt="raw",
     )
     summary = run_sweep(config, show_progress=False)
     assert summary.failed == 0
@@ -30,3 +31,19 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
     kv = {c["context_length"]: c["kv_cache_bytes"] for c in report["cells"]}
     per_token = 2 * 30 * 3 * 64 * 2  # layers x kv heads x head dim x bf16, keys and values: 22.5 KiB
     assert kv[1024] >= per_token * 1024 and kv[1024] < per_token * (1024 + 12)
+
+
+def test_chat_prompts_are_exact_and_the_instruct_model_still_answers(tmp_path, smollm2_tokenizer):
+    """--prompt auto picks SmolLM2-Instruct's chat template: the whole templated prompt is the requested length."""
+    config = run_config(
+        model="smollm2-135m", tasks=("passkey",), lengths=(1024,), out=tmp_path, depths=(0.25, 0.75), samples=1
+    )
+    summary = run_sweep(config, show_progress=False)
+    assert summary.failed == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {c["prompt"] for c in report["cells"]} == {"chat"}
+    assert all(c["realized_tokens"] == 1024 for c in report["cells"])
+    (provenance,) = report["provenance"].values()
+    assert provenance["prompt_format"] == "chat"
+    assert provenance["weights"] == "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to bf16"
+    assert sum(c["score"] for c in report["cells"]) >= 1, "the instruct model answers at least one in its template"

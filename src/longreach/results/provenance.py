@@ -80,6 +80,12 @@ def environment() -> dict[str, Any]:
     }
 
 
+def current() -> dict[str, Any]:
+    """The code and environment this process runs with, time-stamped: what every report's provenance starts from
+    (runs add their settings and model; micro-benchmarks record it as is)."""
+    return {**code_version(), **environment(), "created_at": now()}
+
+
 def fingerprint(provenance: dict[str, Any]) -> str:
     """A stable hash of a provenance record without its time stamp (cells with equal fingerprints share one)."""
     stable = {key: value for key, value in provenance.items() if key != "created_at"}

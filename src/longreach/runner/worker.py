@@ -4,8 +4,9 @@ into a :class:`~longreach.results.Record` (generate the sample, run it, score it
 
 from __future__ import annotations
 
+import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from longreach.backends import build_backend
@@ -15,7 +16,7 @@ from longreach.generation import Generation, Request
 from longreach.methods import MethodStack
 from longreach.prompts import PromptFormat, resolve_format
 from longreach.results import Cell, Record
-from longreach.results.provenance import code_version, environment, now
+from longreach.results.provenance import current
 from longreach.runner.plan import Plan, RunConfig
 from longreach.tasks import Sample, Task
 
@@ -39,9 +40,14 @@ class Started:
 
 
 class Worker:
-    """One backend (one model load) and the run's parsed tasks and prepared stacks."""
+    """One backend (one model load) and the run's parsed tasks and prepared stacks. ``built`` counts the workers
+    this process has made (a Ray actor makes one; each cell records it with the worker's name)."""
+
+    built = 0
 
     def __init__(self, job: Job) -> None:
+        Worker.built += 1
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         config = job.config
         plan = Plan.from_config(config)
         self.config = config
@@ -51,19 +57,19 @@ class Worker:
         self.stacks = preparation.stacks
         self.frame = resolve_format(self.backend.tokenizer, config.prompt)
         provenance = {
-            **code_version(),
-            **environment(),
+            **current(),
             **self.backend.facts(),
             "host": socket.gethostname(),
             "settings": config.settings(),
+            "executor": config.executor,
             "prompt_format": self.frame.name,
-            "created_at": now(),
         }
         self.started = Started(provenance, preparation.calibration)
 
     def run(self, cell: Cell) -> Record:
         task, stack = self.tasks[cell.task], self.stacks[cell.method]
-        return run_cell(cell, task, stack, self.backend, self.config.seed, self.frame)
+        record = run_cell(cell, task, stack, self.backend, self.config.seed, self.frame)
+        return replace(record, meta={**record.meta, "worker": self.name, "workers_built_here": Worker.built})
 
 
 def request_of(sample: Sample, mode: str) -> Request:
