@@ -19,6 +19,7 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
         depths=(0.0, 0.25, 0.5, 0.75),
         samples=1,
         prompt="raw",
+        dtype="bf16",
     )
     summary = run_sweep(config, show_progress=False)
     assert summary.failed == 0
@@ -36,7 +37,13 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
 def test_chat_prompts_are_exact_and_the_instruct_model_still_answers(tmp_path, smollm2_tokenizer):
     """--prompt auto picks SmolLM2-Instruct's chat template: the whole templated prompt is the requested length."""
     config = run_config(
-        model="smollm2-135m", tasks=("passkey",), lengths=(1024,), out=tmp_path, depths=(0.25, 0.75), samples=1
+        model="smollm2-135m",
+        tasks=("passkey",),
+        lengths=(1024,),
+        out=tmp_path,
+        depths=(0.25, 0.75),
+        samples=1,
+        dtype="bf16",
     )
     summary = run_sweep(config, show_progress=False)
     assert summary.failed == 0
