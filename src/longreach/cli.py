@@ -61,7 +61,9 @@ def eval_command(
     method: list[str] = typer.Option(["none"], "--method", help="method stack spec; repeat to compare"),
     question_mode: str = typer.Option("aware", "--question-mode", help="aware and/or agnostic, comma-separated"),
     prompt: str = PROMPT,
-    backend: str = typer.Option("hf", "--backend", help="hf | openai:base_url=URL[:api=chat] | kvpress:... "),
+    backend: str = typer.Option(
+        "hf", "--backend", help="hf | openai:base_url=URL[:api=chat] | kvpress (`longreach backends`)"
+    ),
     executor: str = typer.Option("local", "--executor", help="local[:shard=i/n] | ray[:workers=N:address=A]"),
     dtype: str = DTYPE,
     device: str = typer.Option("cpu", "--device", help="hf backend: cpu | cuda | cuda:N"),

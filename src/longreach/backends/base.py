@@ -1,5 +1,5 @@
 """Backends run requests. Each is a typed spec registered in :data:`BACKENDS` (``hf``, ``openai:base_url=...``,
-``kvpress:python=...``), built by the one factory :func:`build_backend` that every executor uses, so a local run and
+``kvpress:venv=DIR``), built by the one factory :func:`build_backend` that every executor uses, so a local run and
 a Ray worker get the same backend doing the same checks.
 
 A built backend answers ``generate(requests, stack)`` with generations and their costs, exposes the ``tokenizer``

@@ -68,7 +68,7 @@ class Engine:
         prompt_ids = self.encode(request.prompt)
         method = stack.of_kind("cache")
         base = stack.without("cache")
-        split = self._split(request, prompt_ids, method)
+        split = question_split(self.tokenizer, request, prompt_ids, compressing=method is not None)
         first = prompt_ids if split is None else prompt_ids[:split]
         with torch.inference_mode(), stack.applied(self.loaded):
             start = time.perf_counter()
@@ -86,28 +86,6 @@ class Engine:
         if method is None:
             self.prefixes.keep(base.repr, prompt_ids, cache)
         return dataclasses.replace(generation, compressed_kv_bytes=compressed_bytes)
-
-    def _split(self, request: Request, prompt_ids: list[int], method: Method | None) -> int | None:
-        """Tokens read (and compressed) before the rest of the prompt; None: the prompt is read at once."""
-        if request.mode == "agnostic":
-            if request.question_offset is None:
-                raise LongreachError("question-agnostic evaluation needs the question's offset in the prompt")
-            context_ids = self.encode(request.prompt[: request.question_offset])
-            split = next(
-                (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
-                min(len(context_ids), len(prompt_ids)),
-            )
-            if not 1 <= split < len(prompt_ids):
-                raise LongreachError(
-                    f"question-agnostic evaluation needs a non-empty context and question; the context has "
-                    f"{split} of the prompt's {len(prompt_ids)} tokens"
-                )
-            return split
-        if request.mode != "aware":
-            raise LongreachError(f"unknown question mode {request.mode!r}; valid: aware, agnostic")
-        if method is None or len(prompt_ids) < 2:
-            return None
-        return len(prompt_ids) - 1
 
     def _compressed_read(self, first: list[int], base: str, method: Method) -> tuple[int, Any]:
         """Read ``first`` from position 0 and compress it with ``method``: (reused tokens, compressed cache).
@@ -185,6 +163,30 @@ class Engine:
             compressed_kv_bytes=after_prefill,
         )
         return generation, cache
+
+
+def question_split(tokenizer: Any, request: Request, prompt_ids: list[int], compressing: bool) -> int | None:
+    """Tokens read (and, with a cache method, compressed) before the rest of the prompt; None: read at once.
+    Question-agnostic: the context's tokens (up to the first id where the context encoded alone differs from the
+    prompt); question-aware with a cache method: all but the last token. Peers reading the same ids (the kvpress
+    backend) split with this rule too."""
+    if request.mode == "agnostic":
+        if request.question_offset is None:
+            raise LongreachError("question-agnostic evaluation needs the question's offset in the prompt")
+        context_ids = tokens.encode(tokenizer, request.prompt[: request.question_offset])
+        split = next(
+            (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
+            min(len(context_ids), len(prompt_ids)),
+        )
+        if not 1 <= split < len(prompt_ids):
+            raise LongreachError(
+                f"question-agnostic evaluation needs a non-empty context and question; the context has "
+                f"{split} of the prompt's {len(prompt_ids)} tokens"
+            )
+        return split
+    if request.mode != "aware":
+        raise LongreachError(f"unknown question mode {request.mode!r}; valid: aware, agnostic")
+    return len(prompt_ids) - 1 if compressing and len(prompt_ids) >= 2 else None
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 _DOTS = "...."
@@ -34,6 +34,7 @@ _BLOCK = 128
 _ATTEMPTS = 8
 
 
+@register_family
 @dataclass(frozen=True)
 class Aggregation(Task):
     """Name the most common (cwe) or most frequent coded (fwe) words of a long list."""

@@ -113,7 +113,16 @@ class TaskEntry:
     summary: str
 
 
-TASKS: Registry[TaskEntry] = Registry("task")
+# Families register themselves where they are defined; variants and suites are data (``variants.py``, ``suites.py``
+# read ``data/*.yaml``). Both registries discover the modules of this package on first use.
+FAMILIES: Registry[type[Task]] = Registry("task family", packages=("longreach.tasks",))
+TASKS: Registry[TaskEntry] = Registry("task", packages=("longreach.tasks",))
+
+
+def register_family(cls: type[Task]) -> type[Task]:
+    """Class decorator: add a task family to :data:`FAMILIES` under its ``family`` name."""
+    FAMILIES.add(cls.family, cls)
+    return cls
 
 
 @dataclass(frozen=True)

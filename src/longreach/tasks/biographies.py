@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Op = Literal["retrieve", "multi_retrieve", "age_diff", "compare", "rank", "idk", "cite"]
@@ -110,6 +110,7 @@ def _person(r: random.Random, name: str) -> Person:
     )
 
 
+@register_family
 @dataclass(frozen=True)
 class Biographies(Task):
     """Answer questions about people described in a haystack of biographies."""

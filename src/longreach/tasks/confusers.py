@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 
 Fact = Literal["random", "year", "founder", "river"]
@@ -48,6 +48,7 @@ def _statement(town: str, year: int, founder: str, river: str) -> str:
     return f"The town of {town} was founded in {year} by {founder} on the banks of the {river} river."
 
 
+@register_family
 @dataclass(frozen=True)
 class Confusers(Task):
     """Answer a fact about one town among near-identical statements about similarly named towns."""

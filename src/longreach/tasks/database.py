@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Query = Literal["filter", "count", "max", "min", "group", "join"]
@@ -48,6 +48,7 @@ def _title(r: random.Random) -> str:
     return words.pseudo_word(r).capitalize()
 
 
+@register_family
 @dataclass(frozen=True)
 class Database(Task):
     """Answer a SQL-like question over records written as sentences among unrelated records."""

@@ -25,7 +25,7 @@ from longreach import params, tokens
 from longreach.errors import LongreachError
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import scoring
-from longreach.tasks.base import Sample, Task, parse_task
+from longreach.tasks.base import Sample, Task, parse_task, register_family
 from longreach.tasks.fitting import LengthFitError
 
 CANARY = "longreach-canary 5f0c2a8e-6b7d-4f61-9a43-2d1e7c9b8a10: do not train on this text"
@@ -126,6 +126,7 @@ def join(context: str, question: str) -> tuple[str, str]:
     return context, question
 
 
+@register_family
 @dataclass(frozen=True)
 class JsonlTask(Task):
     """Instances from a JSONL file."""

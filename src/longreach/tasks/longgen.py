@@ -28,13 +28,14 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 
 Scenario = Literal["diary", "floors"]
 _ECHO = 0.5  # an entry with more than this share of its words copied from the prompt is an echo
 
 
+@register_family
 @dataclass(frozen=True)
 class LongGeneration(Task):
     """Write a long structured answer that satisfies every constraint."""

@@ -17,13 +17,14 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import NOISE, prose_units
 
 ValueType = Literal["numbers", "words", "uuids"]
 Haystack = Literal["noise", "prose", "needles"]
 
 
+@register_family
 @dataclass(frozen=True)
 class NeedleTask(Task):
     """Retrieve the values of the queried keys among ``num_keys`` needles."""

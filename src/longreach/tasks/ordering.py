@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 from longreach.tasks.words import word_list
 
 
+@register_family
 @dataclass(frozen=True)
 class Ordering(Task):
     """Reconstruct the order of shuffled journey segments."""

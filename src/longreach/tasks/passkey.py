@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import NOISE
 
 HEAD = (
@@ -25,6 +25,7 @@ QUESTION = "\nWhat is the pass key?"
 ANSWER_PREFIX = " The pass key is"
 
 
+@register_family
 @dataclass(frozen=True)
 class Passkey(Task):
     """Find the pass key; score 1 when the key appears in the answer as a whole number."""

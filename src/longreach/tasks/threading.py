@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Mode = Literal["single", "multiple", "conditional", "thread", "multi_thread"]
@@ -40,6 +40,7 @@ def _pair(key: str, value: str) -> str:
     return f'"{key}": "{value}",'
 
 
+@register_family
 @dataclass(frozen=True)
 class Threading(Task):
     """Retrieve values, or follow chains of keys, in a haystack of UUID pairs."""

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task
+from longreach.tasks.base import Sample, Task, register_family
 from longreach.tasks.filler import NOISE
 
 HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
@@ -40,6 +40,7 @@ def _statements(names: list[str], value: str) -> list[str]:
     return [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
 
 
+@register_family
 @dataclass(frozen=True)
 class VariableTracking(Task):
     """Find every variable in a chain of assignments, among distractor chains."""
