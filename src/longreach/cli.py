@@ -127,14 +127,14 @@ def study_run_command(
     executor: str = typer.Option("local", "--executor", help="local[:shard=i/n] | ray[:workers=N]"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     wait: float = typer.Option(3600.0, "--wait", help="seconds to wait for a pruning stage's source to finish"),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="resume stages run with other code or settings"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> int:
     """Run a study's stages (resumable; prune rules applied), then write its merged report."""
     study = load_study(file)
     names = [s.strip() for s in stages.split(",") if s.strip()] or None
-    outcomes = run_study(
-        study, out_dir, stages=names, executor=executor, device=device, show_progress=not quiet, wait=wait
-    )
+    options = dict(executor=executor, device=device, show_progress=not quiet, wait=wait, resume_anyway=resume_anyway)
+    outcomes = run_study(study, out_dir, stages=names, **options)
     for outcome in outcomes:
         pruned = f", pruned {', '.join(outcome.pruned)}" if outcome.pruned else ""
         out.print(f"{outcome.name}: {outcome.summary.ran} cells run, {outcome.summary.failed} failed{pruned}")

@@ -35,7 +35,13 @@ class StageOutcome:
 
 
 def stage_config(
-    study: Study, stage: Stage, out: Path, executor: str, device: str, methods: tuple[str, ...]
+    study: Study,
+    stage: Stage,
+    out: Path,
+    executor: str,
+    device: str,
+    methods: tuple[str, ...],
+    resume_anyway: bool = False,
 ) -> RunConfig:
     """The run configuration of one stage (its rows after pruning)."""
     return RunConfig(
@@ -51,6 +57,7 @@ def stage_config(
         reuse_prefix=stage.reuse_prefix,
         interleave=stage.interleave,
         resume=True,
+        resume_anyway=resume_anyway,
         threshold=study.threshold,
     )
 
@@ -105,13 +112,15 @@ def run_study(
     device: str = "cpu",
     show_progress: bool = True,
     wait: float = 3600.0,
+    resume_anyway: bool = False,
 ) -> list[StageOutcome]:
-    """Run the named stages (default: all, in file order) into ``out``; each stage resumes what is stored."""
+    """Run the named stages (default: all, in file order) into ``out``; each stage resumes what is stored (refusing
+    other code or settings, unless ``resume_anyway``)."""
     chosen = [study.stage(name) for name in stages] if stages else list(study.stages)
     outcomes = []
     for stage in chosen:
         methods, pruned = rows_after_pruning(study, stage, out, wait, executor, device)
-        config = stage_config(study, stage, out, executor, device, methods)
+        config = stage_config(study, stage, out, executor, device, methods, resume_anyway)
         start = time.perf_counter()
         summary = run_sweep(config, show_progress=show_progress)
         seconds = time.perf_counter() - start
