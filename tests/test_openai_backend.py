@@ -3,6 +3,7 @@ server is in tests/integration/test_llama_cpp_server.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -22,13 +23,39 @@ from longreach.runner import RunConfig, run_sweep
 from longreach.tasks import parse_task
 
 NONE = parse_stack("none")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if not loop.last or not continue_final_message %}"
+    "</s>{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def chat_tokenizer():
+    """The tiny tokenizer with a small chat template (continue_final_message leaves the last turn open)."""
+    tokenizer = copy.deepcopy(tiny_tokenizer())
+    tokenizer.chat_template = TEMPLATE
+    return tokenizer
+
+
+def served_text(body: dict, honour_continue: bool) -> str:
+    """The text a server reads: the prompt, or the messages through the template."""
+    if "prompt" in body:
+        return body["prompt"]
+    keep_open = honour_continue and body.get("continue_final_message", False)
+    return chat_tokenizer().apply_chat_template(
+        body["messages"],
+        tokenize=False,
+        add_generation_prompt=not keep_open,
+        continue_final_message=keep_open,
+    )
 
 
 class FakeServer:
     """Answers /v1/completions and /v1/chat/completions with the pass key found in the prompt, and
     /extras/tokenize with the tiny tokenizer. ``script`` lists status codes to send before answering."""
 
-    def __init__(self, port: int = 0, delay: float = 0.0, answer_limit: int | None = None) -> None:
+    def __init__(
+        self, port: int = 0, delay: float = 0.0, answer_limit: int | None = None, honour_continue: bool = True
+    ) -> None:
         self.bodies: list[dict] = []
         self.script: list[int] = []
         self.delay, self.answer_limit = delay, answer_limit
@@ -55,11 +82,12 @@ class FakeServer:
                     time.sleep(server.delay)
                     if code != 200:
                         return self._send(code, {"error": {"message": f"scripted {code}"}})
-                    prompt = body.get("prompt") or body["messages"][0]["content"]
+                    prompt = served_text(body, honour_continue)
                     found = re.findall(r"pass key is (\d+)", prompt)
                     text = f" {found[0]}." if found else " nothing"
                     choice = {"text": text} if "prompt" in body else {"message": {"content": text}}
-                    usage = {"prompt_tokens": tokens.count(tiny_tokenizer(), prompt), "completion_tokens": 3}
+                    count = len(tiny_tokenizer()(prompt, add_special_tokens="prompt" in body)["input_ids"])
+                    usage = {"prompt_tokens": count, "completion_tokens": 3}
                     self._send(200, {"choices": [choice], "usage": usage})
                     with server.lock:
                         server.answered += 1
@@ -227,3 +255,30 @@ def test_a_server_dying_mid_sweep_loses_nothing_and_resume_finishes(tmp_path):
     assert (summary.skipped, summary.ran, summary.failed) == (5, 7, 0)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(report["cells"]) == 12 and all(c["score"] == 1.0 for c in report["cells"])
+
+
+@pytest.mark.parametrize("honour_continue", [True, False])
+def test_chat_api_lengths_are_exact_or_the_cell_says_why(honour_continue):
+    """--prompt chat over the chat API: the server's template rebuilds the counted prompt exactly when it keeps the
+    answer prefix's turn open (continue_final_message); a server that does not reads other tokens, and the cell
+    fails saying so instead of storing a wrong length."""
+    from longreach.prompts import chat_format
+    from longreach.results import Cell
+    from longreach.runner.worker import run_cell
+
+    fake = FakeServer(honour_continue=honour_continue)
+    try:
+        tokenizer = chat_tokenizer()
+        remote = OpenAIBackend(fake.url, "m", api="chat", tokenizer=tokenizer, backoff=0.01)
+        task = parse_task("passkey").task
+        frame = chat_format(tokenizer)
+        cell = Cell("passkey", "none", 500, 0.5, 0, backend="openai", prompt="chat")
+        record = run_cell(cell, task, NONE, remote, 0, frame)
+    finally:
+        fake.stop()
+    body = fake.bodies[-1]
+    assert body["messages"][-1] == {"role": "assistant", "content": "The pass key is"}
+    if honour_continue:
+        assert record.status == "ok" and record.metrics["realized_tokens"] == 500 and record.metrics["score"] == 1.0
+    else:
+        assert record.status == "error" and "tokenizer or chat template differs" in record.error
