@@ -254,7 +254,9 @@ def _cost_table(points: dict[Key, Group], label: dict[int, str]) -> Table:
     merged: dict[tuple[str, int], list[Group]] = {}
     for (_, row, length), group in points.items():
         merged.setdefault((row, length), []).append(group)
-    present = [m for m in COST_METRICS if any(m in g.metrics for gs in merged.values() for g in gs)]
+    present = [  # metrics measured somewhere (peak GPU memory stays 0 on a CPU)
+        m for m in COST_METRICS if any(m in g.metrics and g.metrics[m].value for gs in merged.values() for g in gs)
+    ]
     header = ["method", "length", "cells"] + [f"{m} ({_unit(m)})" for m in present]
     rows = []
     for (row, length), members in sorted(merged.items()):
