@@ -59,3 +59,20 @@ def test_canonical_lists_only_non_default_values_and_normalises_numbers():
     assert params.canonical("k", params.build(Knobs, "k", ["factor=4.0"])) == "k:factor=4"
     assert params.canonical("k", Knobs(window=8), defaults={"window": 8}) == "k"
     assert params.canonical("k", Knobs(factors=(1.0, 2.5))) == "k:factors=1/2.5"
+
+
+def test_a_registry_discovers_the_modules_of_its_packages(tmp_path, monkeypatch):
+    """One file registers itself: the registry imports its packages' modules on first use (not _private ones)."""
+    package = tmp_path / "plugins_for_test"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "one.py").write_text("from longreach.registry import REGISTRY_UNDER_TEST as R\nR.add('one', 1)\n")
+    (package / "_hidden.py").write_text("raise RuntimeError('a private module is never imported')\n")
+    import longreach.registry as registry_module
+
+    registry: Registry[int] = Registry("widget", packages=("plugins_for_test",))
+    monkeypatch.setattr(registry_module, "REGISTRY_UNDER_TEST", registry, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert registry.names() == ["one"] and "one" in registry
+    with pytest.raises(LongreachError, match="unknown widget 'two'"):
+        registry.get("two")

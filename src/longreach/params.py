@@ -14,7 +14,7 @@ import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from longreach.errors import LongreachError
-from longreach.registry import did_you_mean
+from longreach.registry import Registry, did_you_mean
 
 D = TypeVar("D")
 
@@ -33,6 +33,12 @@ def split_spec(spec: str) -> tuple[str, list[str]]:
     if not rest:
         return name, []
     return name, _ARGUMENT_START.split(rest)
+
+
+def from_spec(registry: Registry[type[D]], spec: str) -> D:
+    """``"name:key=value"`` -> the class registered as ``name`` in ``registry``, built from the arguments."""
+    name, args = split_spec(spec)
+    return build(registry.get(name), name, args)
 
 
 def parse_values(cls: type, name: str, args: list[str]) -> dict[str, Any]:

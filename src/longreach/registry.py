@@ -75,6 +75,10 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name`` (the non-decorator form)."""
         return self.register(name)(obj)
 
+    def by(self, attribute: str) -> Callable[[T], T]:
+        """A class decorator registering a class under the value of its ``attribute`` (``name``, ``kind``)."""
+        return lambda cls: self.add(getattr(cls, attribute), cls)
+
     def get(self, name: str) -> T:
         self._discover()
         if name not in self._items:

@@ -85,16 +85,12 @@ class BackendSpec:
 BACKENDS: Registry[type[BackendSpec]] = Registry("backend", packages=("longreach.backends",))
 
 
-def register_backend(cls: type[BackendSpec]) -> type[BackendSpec]:
-    """Class decorator: add a backend spec to :data:`BACKENDS` under its ``name``."""
-    BACKENDS.add(cls.name, cls)
-    return cls
+register_backend = BACKENDS.by("name")  # class decorator: a backend spec registers itself under its name
 
 
 def parse_backend(spec: str) -> BackendSpec:
     """``"openai:base_url=http://127.0.0.1:8000/v1:api=chat"`` -> a validated backend spec."""
-    name, args = params.split_spec(spec)
-    return params.build(BACKENDS.get(name), name, args)
+    return params.from_spec(BACKENDS, spec)
 
 
 def build_backend(spec: BackendSpec | str, settings: ModelSettings) -> Backend:

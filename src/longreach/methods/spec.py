@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 METHODS: Registry[type[Method]] = Registry("method", packages=("longreach.methods",))
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a method to :data:`METHODS` under its ``name`` (where it is defined)."""
-    METHODS.add(cls.name, cls)
-    return cls
+register = METHODS.by("name")  # class decorator: a method registers itself under its name where it is defined
 
 
 @dataclass(frozen=True)
@@ -77,9 +74,7 @@ class MethodStack:
 
 def parse_method(text: str) -> Method:
     """One ``name:key=value`` item -> a validated Method instance."""
-    name, args = params.split_spec(text)
-    cls = METHODS.get(name)
-    return params.build(cls, name, args)
+    return params.from_spec(METHODS, text)
 
 
 def parse_stack(spec: str) -> MethodStack:

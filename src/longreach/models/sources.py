@@ -88,16 +88,12 @@ class ModelSource:
         raise NotImplementedError
 
 
-def register_source(cls: type[ModelSource]) -> type[ModelSource]:
-    """Class decorator: add a source kind to :data:`SOURCES` under its ``kind``."""
-    SOURCES.add(cls.kind, cls)
-    return cls
+register_source = SOURCES.by("kind")  # class decorator: a source kind registers itself under its kind
 
 
 def parse_source(spec: str) -> ModelSource:
     """``gguf:path=FILE`` -> a validated source (the path must exist and be of that kind)."""
-    name, args = params.split_spec(spec)
-    return params.build(SOURCES.get(name), name, args)
+    return params.from_spec(SOURCES, spec)
 
 
 def recognise(path: Path) -> ModelSource:

@@ -119,10 +119,7 @@ FAMILIES: Registry[type[Task]] = Registry("task family", packages=("longreach.ta
 TASKS: Registry[TaskEntry] = Registry("task", packages=("longreach.tasks",))
 
 
-def register_family(cls: type[Task]) -> type[Task]:
-    """Class decorator: add a task family to :data:`FAMILIES` under its ``family`` name."""
-    FAMILIES.add(cls.family, cls)
-    return cls
+register_family = FAMILIES.by("family")  # class decorator: a task family registers itself under its family name
 
 
 @dataclass(frozen=True)

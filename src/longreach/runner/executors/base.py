@@ -38,13 +38,9 @@ class ExecutorSpec:
 EXECUTORS: Registry[type[ExecutorSpec]] = Registry("executor", packages=("longreach.runner.executors",))
 
 
-def register_executor(cls: type[ExecutorSpec]) -> type[ExecutorSpec]:
-    """Class decorator: add an executor spec to :data:`EXECUTORS` under its ``name``."""
-    EXECUTORS.add(cls.name, cls)
-    return cls
+register_executor = EXECUTORS.by("name")  # class decorator: an executor spec registers itself under its name
 
 
 def parse_executor(spec: str) -> ExecutorSpec:
     """``"local:shard=0/4"`` or ``"ray:workers=4"`` -> a validated executor spec."""
-    name, args = params.split_spec(spec)
-    return params.build(EXECUTORS.get(name), name, args)
+    return params.from_spec(EXECUTORS, spec)
