@@ -20,15 +20,20 @@ $(STAMP): pyproject.toml Makefile
 # no prebuilt wheel reachable here: pip builds it from source (about 3.5 min on 2 idle cores).
 # The build must not depend on the build machine's CPU: ggml's native build (-march=native) picked up AMX
 # on a Sapphire Rapids machine and crashed with a general protection fault on the first request. So the
-# native path is off and only AVX/AVX2/FMA/F16C (every x86-64 machine of ours has them) are on, and pip's
-# wheel cache is bypassed (--no-cache-dir) so that a native wheel built earlier is never silently reused.
+# native path is off and only AVX/AVX2/FMA/F16C (every x86-64 machine of ours has them) are on. pip's own
+# wheel cache is bypassed (--no-cache-dir: a native wheel built earlier is never silently reused); the portable
+# wheel is kept in a folder named after the flags, so a later set-up on this machine reuses only that one.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_VERSION := 0.3.36
+LLAMA_WHEELS := $(HOME)/.cache/longreach/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet \
-		--disable-pip-version-check --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python==0.3.36'
-	$(BIN)/pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
+	ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip wheel --quiet --disable-pip-version-check --no-cache-dir --no-deps -w $(LLAMA_WHEELS) \
+		'llama-cpp-python==$(LLAMA_VERSION)'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
+	$(BIN)/pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

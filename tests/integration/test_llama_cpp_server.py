@@ -120,3 +120,13 @@ def test_a_crashed_servers_stderr_reaches_the_failure_message(tmp_path):
     with pytest.raises(AssertionError, match="general protection fault"):
         with server_log_on_failure(server):
             raise ConnectionRefusedError("connection refused")
+
+
+def test_the_llama_cpp_build_does_not_depend_on_the_build_machines_cpu():
+    """make test builds llama.cpp with the native path off: no AVX-512 or AMX kernels (a native build on an AMX
+    machine crashed with a general protection fault), the same library on every x86-64 machine of ours."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AVX2 = 1" in info, info
+    assert "AVX512" not in info and "AMX" not in info, info
