@@ -73,7 +73,7 @@ def test_a_run_through_kvpress_answers_as_the_hf_backend(tmp_path, folder):
 def test_a_stack_kvpress_has_no_press_for_is_refused_by_name(kvpress, spec):
     stack = parse_stack(spec)
     with pytest.raises(LongreachError, match=f"kvpress cannot run '{stack.repr}'.*it runs none; snapkv"):
-        kvpress.prepare([parse_stack("none"), stack], 400, {})
+        kvpress.prepare([parse_stack("none"), stack], {"none": 400, stack.repr: 400}, {})
 
 
 def test_a_press_that_raises_fails_its_request_only(kvpress, tiny):

@@ -47,9 +47,10 @@ class Backend(Protocol):
         """The model this backend runs, for provenance: name, source, weights, native window, dtype, device."""
         ...
 
-    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
-        """Refuse (LongreachError, with the reason) what cannot run at all; resolve ``auto`` stacks (those in
-        ``calibrated``, spec -> resolved spec, were calibrated earlier in the run and keep that choice)."""
+    def prepare(self, stacks: list[MethodStack], longest: dict[str, int], calibrated: dict[str, str]) -> Preparation:
+        """Refuse (LongreachError, with the reason) what cannot run at all (``longest``: the longest length each
+        stack reads, by spec); resolve ``auto`` stacks (those in ``calibrated``, spec -> resolved spec, were
+        calibrated earlier in the run and keep that choice)."""
         ...
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]: ...

@@ -64,9 +64,10 @@ class HFBackend:
             facts["gpu"] = torch.cuda.get_device_name(loaded.device)
         return facts
 
-    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
-        if any(not _bounded(stack) for stack in stacks):
-            check_capacity(self.loaded, longest)
+    def prepare(self, stacks: list[MethodStack], longest: dict[str, int], calibrated: dict[str, str]) -> Preparation:
+        reads = [longest[stack.repr] for stack in stacks if stack.repr in longest and not _bounded(stack)]
+        if reads:  # a bounded reader's memory does not grow with the input
+            check_capacity(self.loaded, max(reads))
         resolved, calibration = {}, {}
         for stack in stacks:
             if stack.repr in calibrated:

@@ -223,12 +223,13 @@ class KvpressBackend:
     def facts(self) -> dict[str, Any]:
         return dict(self._facts)
 
-    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
+    def prepare(self, stacks: list[MethodStack], longest: dict[str, int], calibrated: dict[str, str]) -> Preparation:
         for stack in stacks:
             press_of(stack)
-        if self.hard_max_length is not None and longest + GENERATION_BUDGET > self.hard_max_length:
+        reads = max(longest.values(), default=0)
+        if self.hard_max_length is not None and reads + GENERATION_BUDGET > self.hard_max_length:
             raise LongreachError(
-                f"{self._facts['model']} has absolute positions up to {self.hard_max_length} tokens; {longest} tokens "
+                f"{self._facts['model']} has absolute positions up to {self.hard_max_length} tokens; {reads} tokens "
                 f"cannot run. Use lengths <= {self.hard_max_length - GENERATION_BUDGET}"
             )
         return Preparation({stack.repr: stack for stack in stacks})

@@ -174,7 +174,7 @@ class OpenAIBackend:
             "device": "server",
         }
 
-    def prepare(self, stacks: list[MethodStack], longest: int, calibrated: dict[str, str]) -> Preparation:
+    def prepare(self, stacks: list[MethodStack], longest: dict[str, int], calibrated: dict[str, str]) -> Preparation:
         for stack in stacks:
             if stack.repr != "none":
                 raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")

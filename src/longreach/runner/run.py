@@ -51,7 +51,10 @@ def run_sweep(config: RunConfig, *, show_progress: bool = True, render: bool = T
         if todo:
             console = Console(stderr=True, quiet=not show_progress)
             calibrated = {spec: c["resolved"] for spec, c in store.meta().get("calibration", {}).items()}
-            job = Job(config, max(cell.context_length for cell in todo), calibrated)
+            longest: dict[str, int] = {}
+            for cell in todo:
+                longest[cell.method] = max(longest.get(cell.method, 0), cell.context_length)
+            job = Job(config, longest, calibrated)
             with console.status(f"loading {config.model} ({config.backend}, {config.dtype})"):
                 results = executor.results(job, todo)
                 first = next(results, None)

@@ -23,11 +23,12 @@ from longreach.tasks import Sample, Task
 
 @dataclass(frozen=True)
 class Job:
-    """What every worker of a run gets: the run's config, the longest length it will read, and the ``auto`` stacks
-    already calibrated by an earlier part of the run (spec -> resolved spec; a resumed run keeps its choice)."""
+    """What every worker of a run gets: the run's config, the longest length each stack will read (stack spec ->
+    tokens), and the ``auto`` stacks already calibrated by an earlier part of the run (spec -> resolved spec; a
+    resumed run keeps its choice)."""
 
     config: RunConfig
-    longest: int
+    longest: dict[str, int]
     calibrated: dict[str, str] = field(default_factory=dict)
 
 
