@@ -33,8 +33,9 @@ def _cells(folder):
 
 
 def test_ray_cells_match_the_local_executor(tmp_path):
+    """The same worker runs in each actor: same answers, and --reuse-prefix reaches the actors' engines."""
     local = run_sweep(_config(tmp_path, "local"), show_progress=False)
-    distributed = run_sweep(_config(tmp_path, "ray", executor="ray:workers=2"), show_progress=False)
+    distributed = run_sweep(_config(tmp_path, "ray", executor="ray:workers=2", reuse_prefix=True), show_progress=False)
     assert distributed.planned == local.planned == 20 and distributed.failed == 0
     assert _cells(tmp_path / "ray") == _cells(tmp_path / "local")
     import sqlite3
@@ -42,6 +43,8 @@ def test_ray_cells_match_the_local_executor(tmp_path):
     db = sqlite3.connect(tmp_path / "ray" / "results.sqlite")
     metas = [json.loads(m) for (m,) in db.execute("SELECT meta FROM cells WHERE status = 'ok'")]
     assert len(metas) == 20
+    reused = [r for (r,) in db.execute("SELECT reused_tokens FROM cells WHERE status = 'ok'")]
+    assert sum(r > 0 for r in reused) >= 4, "the actors' engines continued kept reads (--reuse-prefix)"
     assert len({m["worker"] for m in metas}) == 2, "both actors ran cells"
     assert {m["workers_built_here"] for m in metas} == {1}, "each actor built one worker: one model load"
     (value,) = {v for (v,) in db.execute("SELECT value FROM provenance")}
