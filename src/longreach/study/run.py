@@ -75,16 +75,14 @@ def _mean_scores(folder: Path) -> tuple[dict[str, float], dict[str, int]]:
     return {m: statistics.fmean(v) for m, v in scores.items()}, dict(stored)
 
 
-def rows_after_pruning(
-    study: Study, stage: Stage, out: Path, wait: float, executor: str = "local", device: str = "cpu"
-) -> tuple[tuple[str, ...], dict[str, float]]:
+def rows_after_pruning(study: Study, stage: Stage, out: Path, wait: float) -> tuple[tuple[str, ...], dict[str, float]]:
     """The stage's method specs once its prune rule is applied, and the pruned rows with their scores."""
     methods = tuple(parse_stack(m).repr for m in stage.grid.methods)
     if stage.prune is None:
         return methods, {}
     source = study.stage(stage.prune.stage)
-    source_methods, _ = rows_after_pruning(study, source, out, wait, executor, device)
-    config = stage_config(study, source, out, executor, device, source_methods)
+    source_methods, _ = rows_after_pruning(study, source, out, wait)
+    config = stage_config(study, source, out, "local", "cpu", source_methods)  # only to count its cells
     per_method = len(Plan.from_config(config).cells("raw")) // max(1, len(source_methods))
     deadline = time.monotonic() + wait
     while True:
@@ -119,7 +117,7 @@ def run_study(
     chosen = [study.stage(name) for name in stages] if stages else list(study.stages)
     outcomes = []
     for stage in chosen:
-        methods, pruned = rows_after_pruning(study, stage, out, wait, executor, device)
+        methods, pruned = rows_after_pruning(study, stage, out, wait)
         config = stage_config(study, stage, out, executor, device, methods, resume_anyway)
         start = time.perf_counter()
         summary = run_sweep(config, show_progress=show_progress)
