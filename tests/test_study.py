@@ -114,7 +114,7 @@ def test_study_commands_call_the_library(monkeypatch, capsys, tmp_path):
         seen.update(study=study.name, out=out, **kwargs)
         return []
 
-    def fake_report(study, out, report_out=None, baseline=None):
+    def fake_report(study, out, report_out=None, baseline=None, heatmaps=True):
         (tmp_path / "report.md").write_text("study tables\n## Figures\n")
         return tmp_path / "report.html"
 

@@ -149,10 +149,11 @@ def study_report_command(
     file: Path | None = typer.Option(None, "--study", help="the study file (default: the one recorded)"),
     out_dir: Path | None = typer.Option(None, "--out", help="where to write (default: the study's folder)"),
     baseline: str | None = typer.Option(None, "--baseline", help="default: the study's baseline"),
+    heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="draw a depth x length heatmap per row"),
 ) -> int:
     """Merge every stage of a study into one report."""
     study = load_study(file) if file is not None else recorded_study(folder)
-    path = report_study(study, folder, report_out=out_dir, baseline=_canonical(baseline))
+    path = report_study(study, folder, report_out=out_dir, baseline=_canonical(baseline), heatmaps=heatmaps)
     out.print(path.with_name("report.md").read_text().split("## Figures")[0].rstrip())
     out.print(f"report: {path.resolve()}")
     return 0

@@ -67,10 +67,12 @@ def render_report(
     baseline: str | None = None,
     preface: list[Table] | None = None,
     extra: dict[str, Any] | None = None,
+    heatmaps: bool = True,
 ) -> Path:
     """Render every report file into ``out`` (default: the one run's folder) from the runs' stores; returns the
     path of report.html. ``baseline``: a method spec whose rows every other row is divided by; ``preface``: tables
-    shown first (a study's stage table); ``extra``: entries added to report.json."""
+    shown first (a study's stage table); ``extra``: entries added to report.json; ``heatmaps``: False draws only the
+    accuracy-vs-length curves (a committed report of many rows stays small)."""
     folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
     out = Path(out) if out is not None else folders[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def render_report(
     points = groups(runs.rows)
     effective = effective_length(points, threshold)
     ratios = baseline_ratios(points, baseline) if baseline else {}
-    figures = _figures(out, runs.rows, points, native, threshold)
+    figures = _figures(out, runs.rows, points, native, threshold, heatmaps)
     document = _json_document(runs, threshold, native, points, effective, ratios, baseline, figures)
     document.update(extra or {})
     (out / "report.json").write_text(json.dumps(document, indent=1))
@@ -94,9 +96,14 @@ def render_report(
 
 
 def _figures(
-    out: Path, rows: list[dict[str, Any]], points: dict[Key, Group], native: int | None, threshold: float
+    out: Path,
+    rows: list[dict[str, Any]],
+    points: dict[Key, Group],
+    native: int | None,
+    threshold: float,
+    heatmaps: bool,
 ) -> dict[str, list[str]]:
-    depth_scores = by_depth(rows)
+    depth_scores = by_depth(rows) if heatmaps else {}
     figures: dict[str, list[str]] = {"heatmaps": [], "curves": []}
     for task, row in sorted({(task, row) for (task, row, _, _) in depth_scores}):
         scores = {(length, depth): s for (t, r, length, depth), s in depth_scores.items() if (t, r) == (task, row)}

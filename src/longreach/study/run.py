@@ -158,7 +158,9 @@ def _stage_table(study: Study, out: Path) -> Table:
     )
 
 
-def report_study(study: Study, out: Path, report_out: Path | None = None, baseline: str | None = None) -> Path:
+def report_study(
+    study: Study, out: Path, report_out: Path | None = None, baseline: str | None = None, heatmaps: bool = True
+) -> Path:
     """Merge every stage that has run into one report (``report_out``, default ``out``); returns report.html."""
     folders = [out / s.name for s in study.stages if (out / s.name / STORE_NAME).is_file()]
     if not folders:
@@ -171,4 +173,5 @@ def report_study(study: Study, out: Path, report_out: Path | None = None, baseli
         baseline=baseline or study.baseline,
         preface=[_stage_table(study, out)],
         extra=extra,
+        heatmaps=heatmaps,
     )
