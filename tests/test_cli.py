@@ -91,6 +91,13 @@ def test_suites_expand_into_their_tasks(monkeypatch, capsys, tmp_path):
     assert families == {name for name in FAMILIES.names() if name != "jsonl"}, "one task of every generated family"
 
 
+def test_the_report_printed_after_an_eval_keeps_its_brackets(monkeypatch, capsys, tmp_path):
+    (tmp_path / "report.md").write_text("| passkey | none [chat] | knorm [question-agnostic] |\n## Figures\n")
+    monkeypatch.setattr(cli, "run_sweep", lambda config, show_progress: RunSummary(tmp_path, 1, 0, 1, 0))
+    code, out, _ = run(["eval", "--model", "m", "--task", "passkey", "--lengths", "1k", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "none [chat]" in out and "knorm [question-agnostic]" in out, "not read as console markup"
+
+
 def test_eval_with_failed_cells_exits_one(monkeypatch, capsys, tmp_path):
     (tmp_path / "report.md").write_text("x")
     monkeypatch.setattr(cli, "run_sweep", lambda config, show_progress: RunSummary(tmp_path, 2, 0, 2, 1))

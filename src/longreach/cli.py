@@ -36,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Measure how far a language model can read, and make it read further.",
 )
-out = Console()
+out = Console(markup=False, highlight=False)  # reports hold brackets ("none [chat]") that are text, not markup
 
 MODEL = typer.Option(..., "--model", help="zoo name (see `longreach models`), HF model directory or .gguf file")
 TASK = typer.Option("", "--task", help="comma-separated task specs, e.g. passkey,niah_multikey_1")
