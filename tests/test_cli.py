@@ -152,76 +152,25 @@ def test_report_and_generate_call_the_library(monkeypatch, capsys, tmp_path):
     assert config.grid.depths == (0.0, 0.5, 1.0) and config.grid.samples == 2 and path == tmp_path / "x.jsonl"
 
 
+EVAL = ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--out", "o"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "4q", "--out", "o"], "bad length '4q'"),
-        (
-            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--depths", "1.5", "--out", "o"],
-            "depth 1.5 is outside [0, 1]",
-        ),
-        (
-            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--samples", "x", "--out", "o"],
-            "Invalid value for '--samples'",
-        ),
+        ([*EVAL, "--depths", "1.5"], "depth 1.5 is outside [0, 1]"),
+        ([*EVAL, "--samples", "x"], "Invalid value for '--samples'"),
         (["eval", "--model", "tiny-llama", "--lengths", "1k", "--out", "o"], "give --task (e.g. passkey) or --suite"),
         (
             ["eval", "--model", "tiny-llama", "--suite", "rulerlite", "--lengths", "1k", "--out", "o"],
             "unknown suite 'rulerlite': did you mean 'ruler-lite'?",
         ),
         (["evl"], "No such command 'evl'"),
-        (
-            ["eval", "--model", "tiny-llama", "--task", "passkey", "--lengths", "1k", "--out", "o", "--backend", "hff"],
-            "unknown backend 'hff': did you mean 'hf'?",
-        ),
-        (
-            [
-                "eval",
-                "--model",
-                "tiny-llama",
-                "--task",
-                "passkey",
-                "--lengths",
-                "1k",
-                "--out",
-                "o",
-                "--backend",
-                "openai",
-            ],
-            "openai: base_url must start with http:// or https://",
-        ),
-        (
-            [
-                "eval",
-                "--model",
-                "tiny-llama",
-                "--task",
-                "passkey",
-                "--lengths",
-                "1k",
-                "--out",
-                "o",
-                "--executor",
-                "ray:workerz=2",
-            ],
-            "ray: unknown parameter 'workerz'; did you mean 'workers'",
-        ),
-        (
-            [
-                "eval",
-                "--model",
-                "tiny-llama",
-                "--task",
-                "passkey",
-                "--lengths",
-                "1k",
-                "--out",
-                "o",
-                "--prompt",
-                "chatty",
-            ],
-            "unknown prompt format 'chatty'; valid: auto, raw, chat",
-        ),
+        ([*EVAL, "--backend", "hff"], "unknown backend 'hff': did you mean 'hf'?"),
+        ([*EVAL, "--backend", "openai"], "openai: base_url must start with http:// or https://"),
+        ([*EVAL, "--executor", "ray:workerz=2"], "ray: unknown parameter 'workerz'; did you mean 'workers'"),
+        ([*EVAL, "--prompt", "chatty"], "unknown prompt format 'chatty'; valid: auto, raw, chat"),
         (["study", "run", "nowhere.yaml", "--out", "o"], "no study file nowhere.yaml"),
     ],
 )
