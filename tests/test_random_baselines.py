@@ -18,7 +18,7 @@ from longreach.tasks import TASKS, filler, parse_task, words
 from longreach.tasks.biographies import candidates
 from prompt_oracles import NAME, check_threading, variable_chains
 
-GENERATED = [name for name in TASKS.names() if name != "jsonl"]
+GENERATED = [name for name in TASKS.names() if TASKS.get(name).family.generated]
 SAMPLES, GUESSES = 6, 250
 
 

@@ -8,7 +8,7 @@ from helpers import record
 from longreach.errors import LongreachError
 from longreach.report import render_report
 from longreach.report.aggregate import Group, effective_length
-from longreach.report.stats import Estimate, bootstrap_median, estimate, wilson
+from longreach.report.stats import Estimate, bootstrap, estimate, wilson
 from longreach.results import METRICS, Cell, ResultsStore
 
 PROVENANCE = {"model": "m", "native_context_length": 2048, "dtype": "bf16", "source_hash": "abc", "git_sha": "s"}
@@ -40,14 +40,24 @@ def test_wilson_interval_matches_the_closed_form():
 
 def test_bootstrap_interval_of_the_median_is_deterministic_and_brackets_it():
     values = [1.0, 1.1, 0.9, 1.3, 5.0, 1.05, 0.95]
-    low, high = bootstrap_median(values)
-    assert low <= 1.05 <= high and (low, high) == bootstrap_median(values)
+    low, high = bootstrap(values)
+    assert low <= 1.05 <= high and (low, high) == bootstrap(values)
     assert estimate([2.0], "median", "bootstrap") == Estimate(2.0, 2.0, 2.0, 1)
+
+
+def test_perplexity_aggregates_to_exp_of_the_mean_loss_with_an_interval_around_it():
+    import math
+
+    nll = [2.0, 2.5, 3.0, 2.2]
+    ppl = estimate([math.exp(x) for x in nll], "geomean", "bootstrap")
+    assert ppl.value == pytest.approx(math.exp(sum(nll) / 4))  # geometric mean of exp(x) = exp(mean x)
+    assert ppl.low <= ppl.value <= ppl.high and ppl.low >= math.exp(2.0) and ppl.high <= math.exp(3.0)
 
 
 def test_every_declared_metric_has_an_aggregation_a_direction_and_an_interval():
     for metric in METRICS:
-        assert metric.aggregation in ("mean", "median", "max") and metric.better in ("higher", "lower", "none")
+        assert metric.aggregation in ("mean", "median", "max", "geomean")
+        assert metric.better in ("higher", "lower", "none")
         assert metric.interval in ("wilson", "bootstrap", "none")
     assert {m.name for m in METRICS} >= {"score", "prefill_seconds", "decode_tok_s", "peak_gpu_mb", "kv_cache_bytes"}
 

@@ -11,7 +11,7 @@ import pytest
 from longreach.tasks import TASKS, parse_task
 from prompt_oracles import CHECKERS
 
-GENERATED = [name for name in TASKS.names() if name != "jsonl"]
+GENERATED = [name for name in TASKS.names() if TASKS.get(name).family.generated]
 COORDINATES = [(0.0, 0), (0.5, 1), (1.0, 2)]  # (depth, index)
 
 

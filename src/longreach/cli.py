@@ -26,7 +26,7 @@ from longreach.runner import Grid, RunConfig, parse_depths, parse_lengths, run_s
 from longreach.runner.executors import EXECUTORS
 from longreach.runner.export import export_instances
 from longreach.study import load_study, recorded_study, report_study, run_study
-from longreach.tasks import SUITES, TASKS, suite_tasks
+from longreach.tasks import SUITES, TASKS, parse_task, suite_tasks
 from longreach.weights import codec as weight_codec
 from longreach.weights.model import compress_model
 
@@ -88,14 +88,46 @@ def eval_command(
         grid, out_dir, model, dtype, device, seed, backend, executor, prompt, reuse_prefix, interleave, resume,
         resume_anyway, threshold,
     )  # fmt: skip
+    return _run(config, quiet)
+
+
+@app.command("ppl")
+def ppl_command(
+    model: str = MODEL,
+    text: Path = typer.Option(..., "--text", help="a local plain-text file (a book, docs turned to text)"),
+    lengths: str = LENGTHS,
+    out_dir: Path = typer.Option(..., "--out", help="output folder (results.sqlite + report files)"),
+    method: list[str] = typer.Option(["none"], "--method", help="method stack spec; repeat to compare"),
+    mode: str = typer.Option("full", "--mode", help="full (one pass over each span) | sliding (windows)"),
+    window: int = typer.Option(0, "--window", help="sliding: tokens a window reads (0: the native window)"),
+    stride: int = typer.Option(0, "--stride", help="sliding: tokens a window moves (0: half the window)"),
+    bucket: int = typer.Option(1024, "--bucket", help="tokens per position bucket of the loss-by-position curve"),
+    samples: int = typer.Option(1, "--samples", min=1, help="consecutive spans of the file per length"),
+    dtype: str = DTYPE,
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="continue a run in --out, skipping finished cells"),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="resume even if code or settings changed"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> int:
+    """Perplexity over a local long text at each length, under each method stack (full context or sliding window):
+    perplexity per length and loss by token position, stored and reported like every run."""
+    spec = parse_task(f"text:path={text}:mode={mode}:window={window}:stride={stride}:bucket={bucket}").spec
+    grid = Grid((spec,), parse_lengths(lengths), tuple(method), (0.0,), samples)
+    config = RunConfig(grid, out_dir, model, dtype, device, prompt="raw", resume=resume, resume_anyway=resume_anyway)
+    return _run(config, quiet)
+
+
+def _run(config: RunConfig, quiet: bool) -> int:
+    """Run a sweep, print its report's tables; 1 when cells failed, 130 when interrupted."""
     try:
         summary = run_sweep(config, show_progress=not quiet)
     except KeyboardInterrupt:
-        print(f"longreach: interrupted; finished cells are saved in {out_dir}. Rerun with --resume.", file=sys.stderr)
+        message = f"longreach: interrupted; finished cells are saved in {config.out}. Rerun with --resume."
+        print(message, file=sys.stderr)
         return 130
-    out.print((out_dir / "report.md").read_text().split("## Figures")[0].rstrip())
+    out.print((config.out / "report.md").read_text().split("## Figures")[0].rstrip())
     out.print(f"\n{summary.ran} cells run, {summary.skipped} already done, {summary.failed} failed")
-    out.print(f"report: {(out_dir / 'report.html').resolve()}")
+    out.print(f"report: {(config.out / 'report.html').resolve()}")
     return 1 if summary.failed else 0
 
 

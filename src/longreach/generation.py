@@ -63,3 +63,25 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str | None:
     cuts = [text.find(stop, start) for stop in stops]
     cuts = [c for c in cuts if c > start]
     return text[: min(cuts)] if cuts else None
+
+
+@dataclass(frozen=True)
+class LossRequest:
+    """Teacher-forced next-token losses over ``text`` (perplexity). ``window``: the tokens each forward reads
+    (None: the whole text in one pass, full context); ``stride``: how far consecutive windows move (sliding window;
+    each scores only the tokens the previous ones did not)."""
+
+    text: str
+    window: int | None = None
+    stride: int | None = None
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Per-token negative log-likelihoods (nats) of every token after the first, and what they cost."""
+
+    nll: list[float]
+    tokens: int
+    seconds: float
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float = 0.0

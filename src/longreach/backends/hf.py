@@ -13,7 +13,7 @@ import torch
 from longreach.backends.base import BackendSpec, ModelSettings, Preparation, register_backend
 from longreach.engine import Engine
 from longreach.errors import LongreachError
-from longreach.generation import Generation, Request
+from longreach.generation import Generation, Losses, LossRequest, Request
 from longreach.methods import MethodStack, auto, parse_stack
 from longreach.models import LoadedModel, load_model, load_tokenizer, resolve
 
@@ -80,6 +80,10 @@ class HFBackend:
 
     def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
         return [self.engine.generate(request, stack) for request in requests]
+
+    def losses(self, request: LossRequest, stack: MethodStack) -> Losses:
+        """Token losses over a text (perplexity); only a local model gives them."""
+        return self.engine.losses(request, stack)
 
 
 def _bounded(stack: MethodStack) -> bool:

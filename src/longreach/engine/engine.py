@@ -15,6 +15,7 @@ serves both prefix reuse and shared reads between cache methods.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -22,9 +23,10 @@ from typing import Any
 import torch
 
 from longreach import tokens
+from longreach.engine.losses import token_nll
 from longreach.engine.prefix import PrefixCache
 from longreach.errors import LongreachError
-from longreach.generation import Generation, Request, cut_at_stop
+from longreach.generation import Generation, Losses, LossRequest, Request, cut_at_stop
 from longreach.measure import peak_gpu, peak_rss
 from longreach.methods import Method, MethodStack
 from longreach.models import LoadedModel, adapter
@@ -54,6 +56,27 @@ class Engine:
         with torch.device(device), peak_gpu(device) as gpu:  # new tensors (ids, masks, indices) on the GPU
             generation = self._measured(request, stack)
         return dataclasses.replace(generation, peak_gpu_mb=gpu.mb)
+
+    def losses(self, request: LossRequest, stack: MethodStack) -> Losses:
+        """Next-token losses over ``request.text`` under ``stack`` (perplexity), measured. Position and attention
+        methods apply; a cache method or a reader has no per-token loss to give (refused with the reason)."""
+        for kind, reason in (
+            ("cache", "it compresses one read of a prompt for answering; a loss over every token reads it whole"),
+            ("reader", "it chooses what the model reads; a loss needs every token read in order"),
+        ):
+            method = stack.of_kind(kind)
+            if method is not None:
+                raise LongreachError(f"perplexity cannot run {method.name}: {reason}")
+        ids = self.encode(request.text)
+        device = self.loaded.device
+        with torch.device(device) if device != "cpu" else contextlib.nullcontext(), peak_gpu(device) as gpu:
+            with peak_rss() as peak, torch.inference_mode(), stack.applied(self.loaded):
+                start = time.perf_counter()
+                nll = token_nll(self.loaded.model, ids, request.window, request.stride)
+                if nll.is_cuda:
+                    torch.cuda.synchronize(nll.device)
+                seconds = time.perf_counter() - start
+        return Losses(nll.cpu().tolist(), len(ids), seconds, peak.mb, gpu.mb)
 
     def _measured(self, request: Request, stack: MethodStack) -> Generation:
         reader = stack.of_kind("reader")

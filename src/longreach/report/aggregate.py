@@ -8,12 +8,16 @@ tested length whose mean score is at least the threshold, with every shorter tes
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from longreach.report.stats import Estimate, estimate
 from longreach.results import AXIS, METRICS
+
+NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
 
 Key = tuple[str, str, int]  # (task, row, context_length)
 
@@ -44,7 +48,17 @@ class Group:
 
     @property
     def score(self) -> Estimate:
-        return self.metrics["score"]
+        """The mean score (an empty estimate for a perplexity group, which has losses instead)."""
+        return self.metrics.get("score", NO_ESTIMATE)
+
+    @property
+    def n(self) -> int:
+        """How many cells the group holds."""
+        return max(estimate.n for estimate in self.metrics.values())
+
+    @property
+    def scored(self) -> bool:
+        return "score" in self.metrics
 
 
 def groups(rows: list[dict[str, Any]]) -> dict[Key, Group]:
@@ -68,7 +82,7 @@ def by_depth(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int, float | No
     """(task, row label, length, depth) -> mean score over samples."""
     scores: dict[tuple[str, str, int, float | None], list[float]] = defaultdict(list)
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] == "ok" and row.get("score") is not None:
             scores[(row["task"], row_label(row), row["context_length"], row["depth"])].append(row["score"])
     return {key: sum(values) / len(values) for key, values in scores.items()}
 
@@ -77,7 +91,8 @@ def effective_length(points: dict[Key, Group], threshold: float) -> dict[str, di
     """row -> task -> effective length in tokens (None when even the shortest length is below)."""
     curves: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for (task, row, length), group in points.items():
-        curves[(row, task)].append((length, group.score.value))
+        if group.scored:
+            curves[(row, task)].append((length, group.score.value))
     result: dict[str, dict[str, int | None]] = defaultdict(dict)
     for (row, task), curve in sorted(curves.items()):
         best = None
@@ -104,3 +119,15 @@ def baseline_ratios(points: dict[Key, Group], baseline: str) -> dict[Key, dict[s
             if name in reference.metrics and reference.metrics[name].value not in (0, 0.0)
         }
     return ratios
+
+
+def series_means(rows: list[dict[str, Any]], name: str) -> dict[Key, list[float]]:
+    """(task, row, length) -> the declared series ``name`` averaged point by point over the group's cells."""
+    curves: dict[Key, list[list[float]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "ok" and name in (row.get("series") or {}):
+            curves[(row["task"], row_label(row), row["context_length"])].append(row["series"][name])
+    return {
+        key: [statistics.fmean(points) for points in zip(*members, strict=False)]
+        for key, members in sorted(curves.items())
+    }

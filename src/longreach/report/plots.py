@@ -1,4 +1,5 @@
-"""PNG figures: a depth x length heatmap per (task, method) and accuracy-vs-length curves per task."""
+"""PNG figures: a depth x length heatmap per (task, method), accuracy-vs-length curves per task, and for perplexity
+runs perplexity-vs-length curves and loss by token position."""
 
 from __future__ import annotations
 
@@ -66,6 +67,56 @@ def curves(
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("mean score")
     ax.set_title(task, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mark_native(ax: plt.Axes, native: int | None, top: int) -> None:
+    if native and native <= top:
+        ax.axvline(native, color="gray", linestyle="--", linewidth=1, label=f"native window {tokens_label(native)}")
+
+
+def perplexity_curves(lines: dict[str, list[tuple[int, float]]], task: str, native: int | None, path: Path) -> Path:
+    """Perplexity vs length, one line per row (``lines``: row -> [(length, perplexity)]), log scales."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for row, line in lines.items():
+        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=row)
+    lengths = sorted({x for line in lines.values() for x, _ in line})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
+    ax.minorticks_off()
+    _mark_native(ax, native, max(lengths, default=0))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(task, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_by_position(
+    curves: dict[str, list[float]], title: str, bucket: int | None, native: int | None, path: Path
+) -> Path:
+    """Mean next-token loss per bucket of ``bucket`` positions, one line per row (``curves``: row -> bucket means)."""
+    bucket = bucket or 1
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    top = 0
+    for row, values in curves.items():
+        starts = [i * bucket for i in range(len(values))]
+        top = max(top, len(values) * bucket)
+        ax.plot(starts, values, marker=".", label=row)
+    _mark_native(ax, native, top)
+    ax.set_xlabel(f"token position (buckets of {bucket})")
+    ax.set_ylabel("mean next-token loss (nats)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

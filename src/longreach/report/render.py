@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from longreach.report import plots
-from longreach.report.aggregate import Group, Key, baseline_ratios, by_depth, effective_length, groups, row_label
+from longreach.report.aggregate import (
+    Group,
+    Key,
+    baseline_ratios,
+    by_depth,
+    effective_length,
+    groups,
+    row_label,
+    series_means,
+)
 from longreach.results import AXES, METRIC, METRICS, ResultsStore
 
 SCHEMA_VERSION = 2
+FIGURE_KINDS = ("curves", "perplexity", "heatmaps")
 COST_METRICS = ("seconds", "prefill_seconds", "decode_tok_s", "peak_rss_mb", "peak_gpu_mb", "kv_cache_bytes")
 
 
@@ -104,12 +114,12 @@ def _figures(
     heatmaps: bool,
 ) -> dict[str, list[str]]:
     depth_scores = by_depth(rows) if heatmaps else {}
-    figures: dict[str, list[str]] = {"heatmaps": [], "curves": []}
+    figures: dict[str, list[str]] = {"heatmaps": [], "curves": [], "perplexity": []}
     for task, row in sorted({(task, row) for (task, row, _, _) in depth_scores}):
         scores = {(length, depth): s for (t, r, length, depth), s in depth_scores.items() if (t, r) == (task, row)}
         path = out / f"heatmap_{plots.slug(task)}__{plots.slug(row)}.png"
         figures["heatmaps"].append(plots.heatmap(scores, task, row, native, path).name)
-    for task in sorted({task for (task, _, _) in points}):
+    for task in sorted({task for (task, _, _), group in points.items() if group.scored}):
         lines = {
             row: sorted(
                 (length, group.score.value) for (t, r, length), group in points.items() if t == task and r == row
@@ -118,7 +128,30 @@ def _figures(
         }
         path = out / f"curve_{plots.slug(task)}.png"
         figures["curves"].append(plots.curves(lines, task, native, threshold, path).name)
+    figures["perplexity"] = _perplexity_figures(out, rows, points, native)
     return figures
+
+
+def _perplexity_figures(
+    out: Path, rows: list[dict[str, Any]], points: dict[Key, Group], native: int | None
+) -> list[str]:
+    """Per perplexity task: perplexity vs length (one line per row) and loss by position at each length."""
+    names = []
+    positions = series_means(rows, "loss_by_position")
+    for task in sorted({task for (task, _, _), group in points.items() if "perplexity" in group.metrics}):
+        lines = {
+            row: sorted((n, g.metrics["perplexity"].value) for (t, r, n), g in points.items() if (t, r) == (task, row))
+            for row in sorted({r for (t, r, _), g in points.items() if t == task and "perplexity" in g.metrics})
+        }
+        path = out / f"perplexity_{plots.slug(task)}.png"
+        names.append(plots.perplexity_curves(lines, task, native, path).name)
+        bucket = next((r["meta"].get("bucket") for r in rows if r["task"] == task and r["status"] == "ok"), None)
+        for length in sorted({n for (t, _, n) in positions if t == task}):
+            curves = {r: values for (t, r, n), values in positions.items() if (t, n) == (task, length)}
+            path = out / f"loss_by_position_{plots.slug(task)}_{length}.png"
+            title = f"{task} at {plots.tokens_label(length)}"
+            names.append(plots.loss_by_position(curves, title, bucket, native, path).name)
+    return names
 
 
 def _estimate_dict(group: Group) -> dict[str, Any]:
@@ -207,34 +240,15 @@ def _tables(
 ) -> list[Table]:
     lengths = sorted({length for (_, _, length) in points})
     label = _length_labels(lengths, native)
-    pairs = sorted({(t, r) for (t, r, _) in points})
+    pairs = sorted({(t, r) for (t, r, _), g in points.items() if g.scored})
     tables = []
     if runs.calibration:
         tables.append(_calibration_table(runs.calibration))
-    tables.append(
-        Table(
-            "Mean score by length [95% Wilson interval]",
-            ["task", "method"] + [label[x] for x in lengths] + ["n", "random baseline"],
-            [
-                [task, row]
-                + [points[(task, row, x)].score.text() if (task, row, x) in points else "" for x in lengths]
-                + [str(max(points[(task, row, x)].score.n for x in lengths if (task, row, x) in points))]
-                + [_baseline_text([g for (t, r, _), g in points.items() if (t, r) == (task, row)])]
-                for task, row in pairs
-            ],
-            "n: cells per length (depths x samples); random baseline: the expected score of a guess (each family "
-            "states its guess)"
-            + ("; * beyond the model's native window" if any("*" in v for v in label.values()) else ""),
-        )
-    )
-    tasks = sorted({t for (t, _, _) in points})
-    tables.append(
-        Table(
-            f"Effective context length (score >= {threshold:g} at this and every shorter length)",
-            ["method"] + tasks,
-            [[row] + [_tokens_or_dash(effective[row].get(t)) for t in tasks] for row in sorted(effective)],
-        )
-    )
+    if pairs:
+        tables += _score_tables(points, pairs, lengths, label, effective, threshold)
+    perplexity = _perplexity_table(points, lengths, label)
+    if perplexity is not None:
+        tables.append(perplexity)
     tables.append(_cost_table(points, label))
     if baseline:
         tables.append(_ratio_table(points, ratios, baseline, label))
@@ -256,6 +270,63 @@ def _tables(
     return tables
 
 
+def _score_tables(
+    points: dict[Key, Group],
+    pairs: list[tuple[str, str]],
+    lengths: list[int],
+    label: dict[int, str],
+    effective: dict[str, dict[str, int | None]],
+    threshold: float,
+) -> list[Table]:
+    """Mean score by length and the effective context length, for the tasks that score answers."""
+    tables = []
+    tables.append(
+        Table(
+            "Mean score by length [95% Wilson interval]",
+            ["task", "method"] + [label[x] for x in lengths] + ["n", "random baseline"],
+            [
+                [task, row]
+                + [points[(task, row, x)].score.text() if (task, row, x) in points else "" for x in lengths]
+                + [str(max(points[(task, row, x)].score.n for x in lengths if (task, row, x) in points))]
+                + [_baseline_text([g for (t, r, _), g in points.items() if (t, r) == (task, row)])]
+                for task, row in pairs
+            ],
+            "n: cells per length (depths x samples); random baseline: the expected score of a guess (each family "
+            "states its guess)"
+            + ("; * beyond the model's native window" if any("*" in v for v in label.values()) else ""),
+        )
+    )
+    tasks = sorted({t for (t, _) in pairs})
+    tables.append(
+        Table(
+            f"Effective context length (score >= {threshold:g} at this and every shorter length)",
+            ["method"] + tasks,
+            [[row] + [_tokens_or_dash(effective[row].get(t)) for t in tasks] for row in sorted(effective)],
+        )
+    )
+    return tables
+
+
+def _perplexity_table(points: dict[Key, Group], lengths: list[int], label: dict[int, str]) -> Table | None:
+    """Perplexity by length for the tasks that measure token losses (None when there are none)."""
+    pairs = sorted({(t, r) for (t, r, _), g in points.items() if "perplexity" in g.metrics})
+    if not pairs:
+        return None
+    shown = [x for x in lengths if any((t, r, x) in points for t, r in pairs)]
+    return Table(
+        "Perplexity by length [95% bootstrap interval over samples]",
+        ["task", "method"] + [label[x] for x in shown] + ["n"],
+        [
+            [task, row]
+            + [points[(task, row, x)].metrics["perplexity"].text() if (task, row, x) in points else "" for x in shown]
+            + [str(max(points[(task, row, x)].n for x in shown if (task, row, x) in points))]
+            for task, row in pairs
+        ],
+        "perplexity = exp(mean next-token loss over the text's tokens); a length's samples are consecutive spans "
+        "of the same file, the same for every row; n: samples per length",
+    )
+
+
 def _cost_table(points: dict[Key, Group], label: dict[int, str]) -> Table:
     """Costs per (row, length), over tasks: medians [95% bootstrap interval] of times, maxima of memory."""
     merged: dict[tuple[str, int], list[Group]] = {}
@@ -267,7 +338,7 @@ def _cost_table(points: dict[Key, Group], label: dict[int, str]) -> Table:
     header = ["method", "length", "cells"] + [f"{m} ({_unit(m)})" for m in present]
     rows = []
     for (row, length), members in sorted(merged.items()):
-        cells = [row, label[length], str(sum(g.score.n for g in members))]
+        cells = [row, label[length], str(sum(g.n for g in members))]
         for name in present:
             estimates = [g.metrics[name] for g in members if name in g.metrics]
             if not estimates:
@@ -295,7 +366,8 @@ def _unit(name: str) -> str:
 def _ratio_table(
     points: dict[Key, Group], ratios: dict[Key, dict[str, float]], baseline: str, label: dict[int, str]
 ) -> Table:
-    shown = ("score", "seconds", "prefill_seconds", "peak_rss_mb", "kv_cache_bytes")
+    candidates = ("score", "perplexity", "seconds", "prefill_seconds", "peak_rss_mb", "kv_cache_bytes")
+    shown = [m for m in candidates if any(m in values for values in ratios.values())]
     rows = [
         [task, row, label[length]] + [f"{ratios[(task, row, length)].get(m, float('nan')):.3f}" for m in shown]
         for (task, row, length) in sorted(ratios)
@@ -380,7 +452,7 @@ def _markdown(runs: Runs, tables: list[Table], figures: dict[str, list[str]]) ->
         lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
         lines += (["", table.note] if table.note else []) + [""]
-    lines += ["## Figures", ""] + [f"![{name}]({name})" for kind in ("curves", "heatmaps") for name in figures[kind]]
+    lines += ["## Figures", ""] + [f"![{name}]({name})" for kind in FIGURE_KINDS for name in figures[kind]]
     return "\n".join(lines) + "\n"
 
 
@@ -400,7 +472,7 @@ def _html(runs: Runs, tables: list[Table], figures: dict[str, list[str]], out: P
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table.rows]
         parts.append("</table>" + (f"<p>{esc(table.note)}</p>" if table.note else ""))
     parts.append("<h2>Figures</h2>")
-    for kind in ("curves", "heatmaps"):
+    for kind in FIGURE_KINDS:
         for name in figures[kind]:
             data = base64.b64encode((out / name).read_bytes()).decode()
             parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{data}'>")

@@ -1,11 +1,12 @@
 """Confidence intervals for the report: Wilson score intervals for accuracies, percentile bootstrap intervals for
-medians of times (fixed seed, so a report renders the same twice)."""
+medians of times and means of losses (fixed seed, so a report renders the same twice)."""
 
 from __future__ import annotations
 
 import math
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 Z95 = 1.959964
@@ -40,24 +41,38 @@ def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_median(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the median of ``values``."""
+AGGREGATE: dict[str, Callable[[list[float]], float]] = {
+    "mean": statistics.fmean,
+    "median": statistics.median,
+    "max": max,
+    "geomean": statistics.geometric_mean,
+}
+
+
+def bootstrap(
+    values: list[float],
+    statistic: Callable[[list[float]], float] = statistics.median,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of ``statistic`` (the median by default) of ``values``."""
     if len(values) < 2:
         return (values[0], values[0]) if values else (math.nan, math.nan)
     rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return (medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1])
+    draws = sorted(statistic(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return (draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1])
 
 
 def estimate(values: list[float], aggregation: str, interval: str) -> Estimate:
-    """The aggregate of ``values`` (mean, median or max) with the interval the metric declares."""
+    """The aggregate of ``values`` (mean, median, max or geometric mean) with the interval the metric declares
+    (``bootstrap``: of that aggregate)."""
     if not values:
         return Estimate(math.nan, math.nan, math.nan, 0)
-    value = {"mean": statistics.fmean, "median": statistics.median, "max": max}[aggregation](values)
+    value = AGGREGATE[aggregation](values)
     if interval == "wilson":
         low, high = wilson(value, len(values))
     elif interval == "bootstrap":
-        low, high = bootstrap_median(values)
+        low, high = bootstrap(values, AGGREGATE[aggregation])
     else:
         low = high = value
     return Estimate(value, low, high, len(values))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Aggregation = Literal["mean", "median", "max"]
+Aggregation = Literal["mean", "median", "max", "geomean"]
 Better = Literal["higher", "lower", "none"]
 Interval = Literal["wilson", "bootstrap", "none"]
 
@@ -73,7 +73,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("decode_steps", "steps", "median", "none", "none", "single-token forwards while decoding", "INTEGER"),
     Metric("realized_depth", "", "mean", "none", "none", "the needle's depth in tokens, as placed"),
     Metric("random_baseline", "", "mean", "none", "none", "the expected score of the family's stated guess"),
+    Metric("nll", "nats/token", "mean", "lower", "bootstrap", "mean next-token loss over the text's tokens"),
+    Metric("perplexity", "", "geomean", "lower", "bootstrap", "exp(nll); cells aggregate to exp(mean nll)"),
 )
+
+SERIES: dict[str, str] = {  # per-cell curves (name -> what each point is), stored as JSON beside the metrics
+    "loss_by_position": "mean next-token loss (nats) of the targets in each bucket of positions, from the start",
+}
 
 AXIS = {axis.name: axis for axis in AXES}
 METRIC = {metric.name: metric for metric in METRICS}
@@ -120,8 +126,9 @@ class Record:
     answers: list[str] = field(default_factory=list)
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # the generator's details (needle offsets, ...)
+    series: dict[str, list[float]] = field(default_factory=dict)  # declared curves (see SERIES)
 
     def __post_init__(self) -> None:
-        unknown = set(self.metrics) - set(METRIC)
+        unknown = (set(self.metrics) - set(METRIC)) | (set(self.series) - set(SERIES))
         if unknown:
-            raise ValueError(f"undeclared metrics {sorted(unknown)}; declare them in longreach.results.schema")
+            raise ValueError(f"undeclared metrics or series {sorted(unknown)}; declare them in results.schema")

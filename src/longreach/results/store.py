@@ -26,6 +26,7 @@ _FIELDS = (
     ("answers", "TEXT"),
     ("error", "TEXT"),
     ("meta", "TEXT"),
+    ("series", "TEXT"),
     ("provenance_id", "INTEGER REFERENCES provenance (id)"),
     ("finished_at", "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))"),
 )
@@ -137,6 +138,7 @@ class ResultsStore:
             answers=json.dumps(record.answers),
             error=record.error,
             meta=json.dumps(record.meta),
+            series=json.dumps(record.series) if record.series else None,
             provenance_id=provenance_id,
         )
         columns = ", ".join(row)
@@ -154,6 +156,7 @@ class ResultsStore:
             item["index"] = item.pop("idx")
             item["answers"] = json.loads(item["answers"] or "[]")
             item["meta"] = json.loads(item["meta"] or "{}")
+            item["series"] = json.loads(item["series"] or "{}")
             rows.append(item)
         return rows
 

@@ -146,19 +146,23 @@ class Plan:
             depths: tuple[float | None, ...] = grid.depths if parsed.task.uses_depth else (None,)
             available = parsed.task.num_instances()
             samples = grid.samples if available is None else min(grid.samples, available)
-            coordinates = itertools.product(grid.lengths, depths, range(samples), grid.question_modes)
+            loss = parsed.task.measures == "loss"  # a text scored token by token: raw, no question to place
+            modes = ("aware",) if loss else grid.question_modes
+            coordinates = itertools.product(grid.lengths, depths, range(samples), modes)
             for length, depth, index, mode in coordinates:
-                cells.append(Cell(parsed.spec, stack.repr, length, depth, index, mode, self.backend, prompt))
+                cell_prompt = "raw" if loss else prompt
+                cells.append(Cell(parsed.spec, stack.repr, length, depth, index, mode, self.backend, cell_prompt))
         if self.config.interleave:
             position = {stack.repr: i for i, stack in enumerate(self.stacks)}
             order = {parsed.spec: i for i, parsed in enumerate(self.tasks)}
+            mode_order = {mode: i for i, mode in enumerate(grid.question_modes)}
             cells.sort(
                 key=lambda cell: (
                     order[cell.task],
                     cell.context_length,
                     cell.index,
                     cell.depth or 0.0,
-                    grid.question_modes.index(cell.mode),
+                    mode_order.get(cell.mode, 0),
                     position[cell.method],
                 )
             )

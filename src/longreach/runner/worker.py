@@ -4,21 +4,24 @@ into a :class:`~longreach.results.Record` (generate the sample, run it, score it
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import statistics
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from longreach.backends import build_backend
 from longreach.backends.openai import BackendUnavailable
 from longreach.errors import LongreachError
-from longreach.generation import Generation, Request
+from longreach.generation import Generation, Losses, LossRequest, Request
 from longreach.methods import MethodStack
 from longreach.prompts import PromptFormat, resolve_format
 from longreach.results import Cell, Record
 from longreach.results.provenance import current
 from longreach.runner.plan import Plan, RunConfig
 from longreach.tasks import Sample, Task
+from longreach.tasks.text import LongText
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class Worker:
         self.config = config
         self.tasks = {parsed.spec: parsed.task for parsed in plan.tasks}
         self.backend = build_backend(config.backend, config.model_settings())
+        if any(task.measures == "loss" for task in self.tasks.values()) and not hasattr(self.backend, "losses"):
+            raise LongreachError(
+                f"the {plan.backend} backend cannot give token losses (perplexity); run it with --backend hf"
+            )
         preparation = self.backend.prepare(plan.stacks, job.longest, job.calibrated)
         self.stacks = preparation.stacks
         self.frame = resolve_format(self.backend.tokenizer, config.prompt)
@@ -69,7 +76,10 @@ class Worker:
 
     def run(self, cell: Cell) -> Record:
         task, stack = self.tasks[cell.task], self.stacks[cell.method]
-        record = run_cell(cell, task, stack, self.backend, self.config.seed, self.frame)
+        if task.measures == "loss":
+            record = run_loss_cell(cell, cast(LongText, task), stack, self.backend, self.config.seed)
+        else:
+            record = run_cell(cell, task, stack, self.backend, self.config.seed, self.frame)
         return replace(record, meta={**record.meta, "worker": self.name, "workers_built_here": Worker.built})
 
 
@@ -130,3 +140,38 @@ def run_cell(cell: Cell, task: Task, stack: MethodStack, backend: Any, seed: int
         answers=list(sample.answers),
         meta=meta,
     )
+
+
+def loss_metrics(sample: Sample, losses: Losses) -> dict[str, float | int | None]:
+    """The declared metrics of a perplexity cell: mean loss, perplexity and costs (the read is all prefill)."""
+    nll = statistics.fmean(losses.nll)
+    return {
+        "nll": nll,
+        "perplexity": math.exp(nll),
+        "seconds": losses.seconds,
+        "prefill_seconds": losses.seconds,
+        "peak_rss_mb": losses.peak_rss_mb,
+        "peak_gpu_mb": losses.peak_gpu_mb,
+        "realized_tokens": sample.meta["realized_tokens"],
+    }
+
+
+def bucket_means(values: list[float], bucket: int) -> list[float]:
+    """Means of consecutive runs of ``bucket`` values (the last run may be shorter): loss by position."""
+    return [statistics.fmean(values[i : i + bucket]) for i in range(0, len(values), bucket)]
+
+
+def run_loss_cell(cell: Cell, task: LongText, stack: MethodStack, backend: Any, seed: int) -> Record:
+    """Read the cell's text under ``stack`` and record its token losses: mean, perplexity, loss by position."""
+    try:
+        sample = task.generate(backend.tokenizer, cell.context_length, 0.0, seed, cell.index)
+        window, stride = task.windows(backend.facts()["native_context_length"])
+        losses = backend.losses(LossRequest(sample.context, window, stride), stack)
+        if losses.tokens != sample.meta["realized_tokens"]:
+            raise LongreachError(f"the backend read {losses.tokens} tokens where the text has {cell.context_length}")
+    except (LongreachError, RuntimeError, ValueError, MemoryError) as exc:
+        return Record(cell, "error", error=f"{type(exc).__name__}: {exc}")
+    meta = {k: v for k, v in sample.meta.items() if k != "realized_tokens"}
+    meta.update(window=window, stride=stride, bucket=task.bucket)
+    series = {"loss_by_position": bucket_means(losses.nll, task.bucket)}
+    return Record(cell, "ok", loss_metrics(sample, losses), meta=meta, series=series)

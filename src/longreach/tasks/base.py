@@ -85,6 +85,8 @@ class Task:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = True
+    generated: ClassVar[bool] = True  # False: the family reads the user's files (jsonl, text, benchmark loaders)
+    measures: ClassVar[str] = "answer"  # "answer": a reply is generated and scored; "loss": token losses (perplexity)
 
     def generate(
         self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW

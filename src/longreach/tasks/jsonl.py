@@ -137,6 +137,7 @@ class JsonlTask(Task):
     family: ClassVar[str] = "jsonl"
     summary: ClassVar[str] = "your own instances: jsonl:PATH, lines with context, question, answers"
     uses_depth: ClassVar[bool] = False
+    generated: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not self.path:

@@ -36,7 +36,7 @@ from longreach.models.adapter.config import (
     text_config,
     uses_rope,
 )
-from longreach.models.adapter.forward import forward, forward_with_grad
+from longreach.models.adapter.forward import forward, forward_with_grad, last_hidden_states, next_token_nll
 from longreach.models.adapter.rope import (
     apply_rope,
     long_range_layer_types,
@@ -68,12 +68,14 @@ __all__ = [
     "hard_max_length",
     "is_plain_cache",
     "kv_bytes_per_token",
+    "last_hidden_states",
     "layer_kv",
     "layer_lengths",
     "layer_type",
     "long_range_layer_types",
     "model_attention",
     "native_context_length",
+    "next_token_nll",
     "patched_rope",
     "physical_bytes",
     "rebuilt_rotary",

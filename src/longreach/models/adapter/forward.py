@@ -1,5 +1,5 @@
-"""Forward passes: a cached forward at explicit positions (inference) and a forward with gradients from the
-input embeddings (profiling)."""
+"""Forward passes: a cached forward at explicit positions (inference), the final hidden states of a whole text and
+the next-token losses they give (perplexity), and a forward with gradients from the input embeddings (profiling)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from longreach.models.adapter.cache import layer_lengths
+from longreach.models.adapter.config import text_config
 
 
 def forward(
@@ -49,3 +50,26 @@ def forward_with_grad(model: Any, input_ids: torch.Tensor, logits_to_keep: int =
     finally:
         for parameter in parameters:
             parameter.requires_grad_(True)
+
+
+def last_hidden_states(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """The decoder's final hidden states (b, t, hidden) for every position of ``input_ids`` (1, t), read in one pass
+    at positions 0..t-1 without a cache: the language-model head is left to :func:`next_token_nll`, so a long text's
+    logits never exist at once."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    return model.model(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+
+
+def next_token_nll(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Negative log-likelihood (t,) in float32 of ``targets`` (t,) given ``hidden`` (1, t, hidden): position i's
+    hidden state predicts ``targets[i]``. The head (with the model's final logit soft-capping, Gemma) runs ``chunk``
+    positions at a time."""
+    head = model.get_output_embeddings()
+    cap = getattr(text_config(model.config), "final_logit_softcapping", None)
+    losses = []
+    for start in range(0, hidden.shape[1], chunk):
+        logits = head(hidden[0, start : start + chunk]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        losses.append(torch.nn.functional.cross_entropy(logits, targets[start : start + chunk], reduction="none"))
+    return torch.cat(losses)
