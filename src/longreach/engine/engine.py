@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from longreach import tokens
-from longreach.engine.losses import token_nll
+from longreach.engine.losses import check_stack, token_nll
 from longreach.engine.prefix import PrefixCache
 from longreach.errors import LongreachError
 from longreach.generation import Generation, Losses, LossRequest, Request, cut_at_stop
@@ -60,13 +60,7 @@ class Engine:
     def losses(self, request: LossRequest, stack: MethodStack) -> Losses:
         """Next-token losses over ``request.text`` under ``stack`` (perplexity), measured. Position and attention
         methods apply; a cache method or a reader has no per-token loss to give (refused with the reason)."""
-        for kind, reason in (
-            ("cache", "it compresses one read of a prompt for answering; a loss over every token reads it whole"),
-            ("reader", "it chooses what the model reads; a loss needs every token read in order"),
-        ):
-            method = stack.of_kind(kind)
-            if method is not None:
-                raise LongreachError(f"perplexity cannot run {method.name}: {reason}")
+        check_stack(stack)
         ids = self.encode(request.text)
         device = self.loaded.device
         with torch.device(device) if device != "cpu" else contextlib.nullcontext(), peak_gpu(device) as gpu:

@@ -11,7 +11,22 @@ from __future__ import annotations
 
 import torch
 
+from longreach.errors import LongreachError
+from longreach.methods import MethodStack
 from longreach.models import adapter
+
+REFUSED_KINDS = {  # method kind -> why a stack holding one gives no per-token losses
+    "cache": "it compresses one read of a prompt for answering; a loss over every token reads it whole",
+    "reader": "it chooses what the model reads; a loss needs every token read in order",
+}
+
+
+def check_stack(stack: MethodStack) -> None:
+    """Refuse (one line, the reason) a stack that cannot give token losses: position and attention methods can."""
+    for kind, reason in REFUSED_KINDS.items():
+        method = stack.of_kind(kind)
+        if method is not None:
+            raise LongreachError(f"perplexity cannot run {stack.repr} ({method.name}): {reason}")
 
 
 def token_nll(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.backends import BackendSpec, ModelSettings, parse_backend
+from longreach.engine.losses import check_stack as check_loss_stack
 from longreach.errors import LongreachError
 from longreach.generation import QUESTION_MODES
 from longreach.methods import MethodStack, parse_stack
@@ -134,6 +135,9 @@ class Plan:
         backend = config.backend_spec()
         tasks = parse_tasks(",".join(grid.tasks))
         stacks = list({stack.repr: stack for stack in map(parse_stack, grid.methods)}.values())
+        if any(parsed.task.measures == "loss" for parsed in tasks):
+            for stack in stacks:
+                check_loss_stack(stack)
         return cls(tasks=tasks, stacks=stacks, config=config, backend=backend.name)
 
     def cells(self, prompt: str) -> list[Cell]:
