@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from longreach import tokens
 from longreach.engine import Engine
 from longreach.errors import LongreachError
 from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.readers.blocks import BlockRetrieval
-from longreach.methods.readers.infiniretri import split_sentences
+from longreach.methods.readers.infiniretri import sentence_units, split_sentences
 from longreach.models import adapter
 from longreach.tasks import parse_task
 
@@ -17,7 +18,7 @@ def request_for(sample):
     return Request(sample.prompt, 8, sample.stop, question_offset=len(sample.context))
 
 
-@pytest.mark.parametrize("spec", ["infiniretri", "longheads", "landmark:block=64:blocks=8"])
+@pytest.mark.parametrize("spec", ["infiniretri", "longheads", "landmark_analogue:block=64:blocks=8"])
 def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
     sample = parse_task("passkey").task.generate(tiny.tokenizer, 400, 0.5, seed=0, index=0)
     plain = Engine(tiny).generate(request_for(sample), parse_stack("none"))
@@ -30,7 +31,7 @@ def test_input_that_fits_reads_like_the_plain_model(tiny, spec):
     [
         "infiniretri:chunk=256:topk=40",
         "longheads:block=32:blocks=6:segment=128",
-        "landmark:block=32:blocks=6:segment=96",
+        "landmark_analogue:block=32:blocks=6:segment=96",
         "infiniretri:chunk=256+dynamic",
     ],
 )
@@ -43,7 +44,7 @@ def test_readers_answer_inputs_far_beyond_their_chunk(tiny, spec):
 def naive_block_attention(call, key, value, block, slots, first_query):
     """The retrieval rule written out per head with loops: mean-key summaries, top blocks by the mean
     query, contiguous positions, causal softmax over the gathered keys. Output (t, h, d) for the queries
-    of one block starting at ``first_query``."""
+    from ``first_query`` on, all in one block."""
     current = first_query // block
     heads, d = call.query.shape[1], call.query.shape[3]
     out = torch.zeros(call.query.shape[2], heads, d)
@@ -59,7 +60,7 @@ def naive_block_attention(call, key, value, block, slots, first_query):
         )
         k = key[0, kv, index][None, None]
         v = value[0, kv, index]
-        q_pos = len(blocks) * block + torch.arange(query.shape[0])
+        q_pos = len(blocks) * block + (first_query - current * block) + torch.arange(query.shape[0])
         k_rot = call.rotate(k, torch.arange(len(index)))[0, 0]
         q_rot = call.rotate(query[None, None], q_pos)[0, 0]
         s = (q_rot @ k_rot.T) * call.scaling
@@ -89,6 +90,49 @@ def test_block_retrieval_kernel_matches_the_rule_written_out(tiny):
     torch.testing.assert_close(ours[last:], expected, rtol=1e-4, atol=1e-5)
 
 
+def _random_call(tiny, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    module = adapter.attention_modules(tiny.model)[0]
+    query, key, value = (torch.randn(1, heads, n, 16, generator=g) for heads in (4, 2, 2))
+    rotary = adapter.rotary_module(tiny.model)
+    call = adapter.AttentionCall(module, 0, query, key, value, torch.arange(n), None, None, None, None, {}, rotary)
+    return call, key, value
+
+
+def test_per_token_selection_matches_the_rule_written_out_for_every_query(tiny):
+    block, slots, n = 16, 5, 10 * 16
+    call, key, value = _random_call(tiny, n, 5)
+    ours = BlockRetrieval(block=block, slots=slots, summary="mean", select="token").kernel(call, None)[0]
+    rotary = adapter.rotary_module(tiny.model)
+    for position in (slots * block, 7 * block + 3, n - 1):  # the first retrieving query, one inside a block, the last
+        single = adapter.AttentionCall(
+            call.module, 0, call.query[:, :, position : position + 1], None, None, torch.tensor([position]),
+            None, None, None, None, {}, rotary,
+        )  # fmt: skip
+        expected = naive_block_attention(single, key, value, block, slots, position)
+        torch.testing.assert_close(ours[position : position + 1], expected, rtol=1e-4, atol=1e-5)
+    by_block = BlockRetrieval(block=block, slots=slots, summary="mean").kernel(call, None)[0]
+    assert torch.equal(ours[: slots * block], by_block[: slots * block]), "inside the slots both are plain attention"
+    assert not torch.allclose(ours[slots * block :], by_block[slots * block :]), "per-query choices differ"
+
+
+def test_longheads_chunk_key_is_scaled_attention_pooling_over_bidirectional_chunk_attention(tiny):
+    """LongHeads' chunk key (Lu et al. 2024, reference LuLuLuyi/LongHeads): o = softmax(q k^T / sqrt(d)) v with every
+    token of the chunk seeing every other (local RoPE positions), m = mean o, key = softmax(m . k / sqrt(d)) k."""
+    block = 16
+    call, key, value = _random_call(tiny, block, 8)
+    ours = BlockRetrieval(block=block, slots=4, summary="pooled")._summarise(call, call.query[0], key[0], value[0])
+    d, local = 16, torch.arange(block)
+    for head in range(4):
+        kv = head // call.groups
+        q = call.rotate(call.query[:, head : head + 1], local)[0, 0]
+        k = call.rotate(key[:, kv : kv + 1], local)[0, 0]
+        o = torch.softmax(q @ k.T / d**0.5, dim=-1) @ value[0, kv]  # no causal mask: bidirectional
+        m = o.mean(dim=0)
+        expected = torch.softmax(k @ m / d**0.5, dim=0) @ k
+        torch.testing.assert_close(ours[head], expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("summary", ["mean", "pooled"])
 def test_block_retrieval_keeps_positions_inside_the_window_and_decodes(tiny, summary):
     ids = torch.randint(5, 1000, (1, 40 * 16), generator=torch.Generator().manual_seed(6))
@@ -106,6 +150,28 @@ def test_sentence_split_keeps_every_character():
     pieces = split_sentences(text)
     assert "".join(pieces) == text
     assert pieces[3:] == ["Fourth without end\n", "{\n", '"a": "b",\n', '"c": "d"\n', "}"], "lines are units"
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_infiniretri_cuts_one_tokenization_of_the_prompt(tiny, smollm2_tokenizer, which):
+    """Units are cut from the prompt's own tokens: joined again they are the prompt's tokens, none too long; the
+    former sentence-by-sentence tokenization made more tokens than the prompt has (the 1M -> 1.27M growth)."""
+    tokenizer = tiny.tokenizer if which == "tiny" else smollm2_tokenizer
+    sample = parse_task("niah_multikey_1").task.generate(tokenizer, 4096, 0.5, seed=0, index=0)
+    units, question = sentence_units(tokenizer, sample.prompt, len(sample.context), 64)
+    whole = tokens.encode(tokenizer, sample.prompt)
+    assert tokens.encode(tokenizer, "") + [t for unit in units for t in unit] + question == whole
+    assert len(units) > 40 and max(map(len, units)) <= 64
+    assert tokenizer.decode(question).strip() == sample.prompt[len(sample.context) :].strip()
+    one_by_one = sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in split_sentences(sample.context))
+    if which == "smollm2":
+        assert one_by_one > sum(map(len, units)), "sentences tokenized alone make more tokens"
+
+
+def test_infiniretri_reports_the_prompt_length_it_was_given(tiny):
+    sample = parse_task("niah_single_2").task.generate(tiny.tokenizer, 3000, 0.3, seed=0, index=0)
+    generation = Engine(tiny).generate(request_for(sample), parse_stack("infiniretri:chunk=256:topk=40"))
+    assert generation.prompt_tokens == 3000
 
 
 def test_infiniretri_steps_stay_bounded_on_one_long_line(tiny, monkeypatch):
@@ -135,7 +201,7 @@ def test_readers_refuse_attention_methods():
         parse_stack("longheads+selfextend")
 
 
-@pytest.mark.parametrize("reader", ["infiniretri", "longheads", "landmark"])
+@pytest.mark.parametrize("reader", ["infiniretri", "longheads", "landmark_analogue"])
 def test_readers_refuse_cache_methods(reader):
     with pytest.raises(LongreachError, match=f"{reader} cannot be stacked with snapkv: a reader decides"):
         parse_stack(f"{reader}+snapkv:compression_ratio=0.5")

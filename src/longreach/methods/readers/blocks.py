@@ -1,4 +1,4 @@
-"""Per-head block retrieval: one block reader with two variants, ``longheads`` and ``landmark``.
+"""Per-head block retrieval: one block reader with two variants, ``longheads`` and ``landmark_analogue``.
 
 Ein legend: b batch (1), h query heads, k kv heads, g = h/k, w block (chunk) size, C complete blocks,
 S selected blocks per head, n tokens so far, t tokens in a query block, d head dim.
@@ -11,11 +11,14 @@ laid out in their original order at contiguous positions 0 .. slots*w, so every 
 inside the trained window; keys are cached before rotation and rotated per call.
 
 Summaries (one per block and query head, (h, C, d)):
-  ``mean``: the mean pre-RoPE key of the block (training-free landmarks, Mohtashami & Jaggi 2023 style);
-  ``pooled``: LongHeads' attention-pooled chunk key (Lu et al. 2024): o = block-local attention of the
-      block's own queries (local RoPE positions 0..w-1), m = mean_j o_j, summary = softmax(m . k_j) k_j.
-Selection is per query block (the mean query of the block), not per token: the vectorised form
-methods.md suggests; the official LongHeads code selects per query token.
+  ``mean``: the mean pre-RoPE key of the block (the training-free landmark analogue);
+  ``pooled``: LongHeads' attention-pooled chunk key (Lu et al. 2024; reference code LuLuLuyi/LongHeads):
+      o = softmax(q k^T / sqrt(d)) v, bidirectional within the block (every token of the block attends to every
+      other, local RoPE positions 0..w-1), m = mean_j o_j, summary = sum_j softmax_j(m . k_j / sqrt(d)) k_j.
+Selection: ``block`` (default) chooses once per query block by the block's mean query (the vectorised form
+methods.md suggests; one retrieval per block and layer); ``token`` chooses per query as the reference does (exact;
+prefill then runs one retrieval per token and layer, about ``block`` times more kernel calls). Decoding reads one
+token a step, so both choose per token there.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from longreach.methods.spec import MethodStack
 
 Summary = Literal["mean", "pooled"]
+Selection = Literal["block", "token"]
 
 
 @dataclass
@@ -54,6 +58,7 @@ class BlockRetrieval:
     block: int
     slots: int
     summary: Summary
+    select: Selection = "block"
     layers: dict[int, _LayerState] = field(default_factory=dict)
 
     def kernel(self, call: adapter.AttentionCall, inner: object) -> torch.Tensor:
@@ -63,9 +68,24 @@ class BlockRetrieval:
             key, value = call.cache.update(key, value, call.layer)
         state = self.layers.setdefault(call.layer, _LayerState())
         outputs = []
-        for start, stop in _aligned_spans(call.positions, self.block):
+        for start, stop in self._spans(call.positions):
             outputs.append(self._span(call, state, key, value, start, stop))
         return torch.cat(outputs, dim=1)
+
+    def _spans(self, positions: torch.Tensor) -> list[tuple[int, int]]:
+        """Query ranges that share one selection: a block's queries, or (``select="token"``) each query past the
+        first ``slots`` blocks on its own (the reference's per-token rule; prefill then costs one retrieval per
+        token and layer instead of one per block)."""
+        spans = _aligned_spans(positions, self.block)
+        if self.select == "block":
+            return spans
+        split: list[tuple[int, int]] = []
+        for start, stop in spans:
+            if int(positions[start]) // self.block < self.slots:  # still the model's own attention
+                split.append((start, stop))
+            else:
+                split.extend((i, i + 1) for i in range(start, stop))
+        return split
 
     def _span(
         self,
@@ -149,16 +169,13 @@ class BlockRetrieval:
         if self.summary == "mean":
             return keys.mean(dim=1)
         local = torch.arange(self.block)
-        q = call.rotate(queries[None], local)[0]
-        k = call.rotate(keys[None], local)[0]
-        mask = local[None, :] <= local[:, None]
-        scores = (q.float() @ k.float().transpose(-1, -2)) * call.scaling
-        local_out = (
-            scores.masked_fill(~mask, float("-inf")).softmax(-1) @ values.repeat_interleave(call.groups, dim=0).float()
-        )  # (h, w, d)
+        q = call.rotate(queries[None], local)[0].float()
+        k = call.rotate(keys[None], local)[0].float()
+        scores = (q @ k.transpose(-1, -2)) * call.scaling  # (h, w, w): every token of the block sees every other
+        local_out = scores.softmax(-1) @ values.repeat_interleave(call.groups, dim=0).float()  # (h, w, d)
         pooled = local_out.mean(dim=1)  # (h, d)
-        weights = torch.einsum("hd,hwd->hw", pooled, k.float()).softmax(-1)
-        return torch.einsum("hw,hwd->hd", weights, k.float()).to(keys.dtype)
+        weights = (torch.einsum("hd,hwd->hw", pooled, k) * call.scaling).softmax(-1)
+        return torch.einsum("hw,hwd->hd", weights, k).to(keys.dtype)
 
 
 def _aligned_spans(positions: torch.Tensor, block: int) -> list[tuple[int, int]]:
@@ -222,6 +239,9 @@ class BlockReader(ReaderMethod):
     block: int = field(default=256, metadata={"help": "block (chunk) size in tokens"})
     blocks: int = field(default=16, metadata={"help": "blocks each head reads (incl. sink, previous, current)"})
     segment: int = field(default=4096, metadata={"help": "prefill tokens per forward (a multiple of block)"})
+    select: Selection = field(
+        default="block", metadata={"help": "block: one choice per query block | token: per query (slower prefill)"}
+    )
 
     summary_kind: ClassVar[Summary] = "mean"
 
@@ -233,7 +253,7 @@ class BlockReader(ReaderMethod):
         return "both replace the attention kernel" if other.kind == "attention" else super().conflict_with(other)
 
     def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
-        retrieval = BlockRetrieval(self.block, self.blocks, self.summary_kind)
+        retrieval = BlockRetrieval(self.block, self.blocks, self.summary_kind, self.select)
         return read_with_blocks(engine, request, inner, retrieval, self.segment)
 
 
@@ -253,12 +273,14 @@ class LongHeads(BlockReader):
 
 @register
 @dataclass(frozen=True)
-class Landmark(BlockReader):
-    """Training-free block retrieval in the spirit of Landmark Attention (Mohtashami & Jaggi 2023, arXiv
-    2305.16300): blocks are represented by the mean of the model's own keys instead of trained landmark tokens."""
+class LandmarkAnalogue(BlockReader):
+    """A training-free analogue of Landmark Attention (Mohtashami & Jaggi 2023, arXiv 2305.16300), not the method
+    itself: the paper trains a landmark token per block whose attention gates the block; here a block is represented
+    by the mean of the model's own keys and chosen per head by its score against the mean query. The trained
+    version needs the trainer (issue 15) and comes with it."""
 
-    name: ClassVar[str] = "landmark"
-    example: ClassVar[str] = "landmark:block=32:blocks=6:segment=128"
-    summary: ClassVar[str] = "block retrieval by mean-key landmarks (training-free Landmark Attention)"
+    name: ClassVar[str] = "landmark_analogue"
+    example: ClassVar[str] = "landmark_analogue:block=32:blocks=6:segment=128"
+    summary: ClassVar[str] = "a training-free analogue of Landmark Attention: blocks chosen by their mean keys"
     paper: ClassVar[str] = "Mohtashami & Jaggi 2023, Landmark Attention"
     summary_kind: ClassVar[Summary] = "mean"

@@ -2,8 +2,10 @@
 "Infinite Retrieval", arXiv 2502.12962; reference code: PyPI ``infini-retri`` 0.0.3).
 
 Ein legend: h query heads, m question tokens, c context tokens of one step, s sentences.
-The context is split into sentences (cut into pieces of at most ``unit`` tokens, so one long line cannot make
-a step or the retained set unbounded) and grouped into chunks of about ``chunk`` tokens. Step i reads
+The prompt is tokenized once and its context cut at sentence and line ends by token offsets (a unit holds at most
+``unit`` tokens, so one long line cannot make a step or the retained set unbounded; the reference tokenizes each
+sentence on its own, which gives token sequences no tokenization of the text produces and more tokens), and the
+units are grouped into chunks of about ``chunk`` tokens. Step i reads
   [special tokens] + sink sentences + retained sentences + chunk i + question
 and, at layer ``layer``, takes the attention of the question rows over the context columns, summed over
 heads (m, c); a 1-D convolution with ``phrase`` ones smooths it into phrase scores; question tokens are
@@ -19,9 +21,11 @@ equals the unmodified model's.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -54,6 +58,29 @@ def split_sentences(text: str) -> list[str]:
     return pieces
 
 
+def sentence_units(tokenizer: Any, prompt: str, question_offset: int, unit: int) -> tuple[list[list[int]], list[int]]:
+    """The prompt tokenized once (no special tokens): the context's tokens cut into sentence units of at most
+    ``unit`` tokens, and the question's tokens (from ``question_offset`` on). A token belongs to the sentence that
+    holds its last character (a word token carries its leading space), so units split between the tokens of the
+    one tokenization: joined again, units + question are exactly the prompt's tokens."""
+    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    starts = list(itertools.accumulate((len(s) for s in split_sentences(prompt[:question_offset])), initial=0))
+    units: list[list[int]] = []
+    question: list[int] = []
+    current = -1
+    for token, (begin, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
+        last = max(begin, end - 1)
+        if last >= question_offset or question:
+            question.append(token)
+            continue
+        sentence = bisect.bisect_right(starts, last) - 1
+        if sentence != current or len(units[-1]) == unit:
+            units.append([])
+            current = sentence
+        units[-1].append(token)
+    return units, question
+
+
 @register
 @dataclass(frozen=True)
 class InfiniRetri(ReaderMethod):
@@ -78,12 +105,8 @@ class InfiniRetri(ReaderMethod):
         require(self.sink >= 0, f"infiniretri: sink must be >= 0; got {self.sink}")
 
     def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
-        tokenizer = engine.tokenizer
         special = engine.encode("")
-        sentences = split_sentences(request.context)
-        ids = tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
-        ids = [s[i : i + self.unit] for s in ids for i in range(0, len(s), self.unit)]  # bounded units
-        question = tokenizer(request.question, add_special_tokens=False)["input_ids"]
+        ids, question = sentence_units(engine.tokenizer, request.prompt, len(request.context), self.unit)
         sink = _leading(ids, self.sink)
         if sum(map(len, ids)) <= self.chunk + self.topk:  # fits: the plain model reads it
             return engine.complete(engine.encode(request.prompt), request, inner)[0]
