@@ -230,7 +230,7 @@ def check_confusers(prompt: str) -> tuple[str, ...]:
     return ({"In what year was": about[0][1], "Who founded": about[0][2], "On which river was": about[0][3]}[asked],)
 
 
-def check_longgen(prompt: str) -> tuple[str, ...]:
+def check_golden_thread(prompt: str) -> tuple[str, ...]:
     label = "Week" if "one entry per week" in prompt else "Floor"
     last = int(re.search(r"for (?:weeks|floors) 1 to (\d+)\.", prompt).group(1))
     checks = set()
@@ -258,5 +258,5 @@ CHECKERS = {
     "database": (check_database, "ordered"),
     "ordering": (check_ordering, "ordered"),
     "confusers": (check_confusers, "ordered"),
-    "longgen": (check_longgen, "set"),
+    "golden_thread": (check_golden_thread, "set"),
 }

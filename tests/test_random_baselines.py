@@ -92,7 +92,7 @@ def _confusers(task, sample, rng):
     return " " + rng.choice(statements)[column]
 
 
-def _longgen(task, sample, rng):
+def _golden_thread(task, sample, rng):
     entries = [" ".join(filler.prose_sentence(rng) for _ in range(4)) for _ in range(task.num_entries)]
     return "\n".join(text if k == 1 else f"#*# {task.label} {k}: {text}" for k, text in enumerate(entries, 1))
 
@@ -107,7 +107,7 @@ GUESS = {
     "database": _database,
     "ordering": _ordering,
     "confusers": _confusers,
-    "longgen": _longgen,
+    "golden_thread": _golden_thread,
 }
 
 

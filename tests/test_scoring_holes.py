@@ -1,4 +1,4 @@
-"""Scoring holes closed: an echo of a longgen prompt earns nothing, a list of bio candidates no more than a guess."""
+"""Scoring holes closed: an echo of a golden_thread prompt earns nothing, a list of bio candidates no more than a guess."""
 
 import itertools
 import re
@@ -8,7 +8,7 @@ import pytest
 from longreach.tasks import parse_task, scoring
 from longreach.tasks.biographies import candidates
 
-LONGGEN = ["longgen_diary", "longgen_floors"]
+GOLDEN_THREAD = ["golden_thread_diary", "golden_thread_floors"]
 _PROSE = "The light was warm, the talk ran late, and everyone went home tired. "
 
 
@@ -24,8 +24,8 @@ def _own_entry(task, entry: int, sample, restate: bool) -> str:
     return f"#*# {task.label} {entry}: " + body + _PROSE * 3
 
 
-@pytest.mark.parametrize("name", LONGGEN)
-def test_longgen_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
+@pytest.mark.parametrize("name", GOLDEN_THREAD)
+def test_golden_thread_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
     task = parse_task(name).task
     naive_credit = 0
     for index in range(4):
@@ -48,8 +48,8 @@ def test_longgen_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
     assert naive_credit, "the echoes tested here named entry 1's events: the old rule gave them credit"
 
 
-@pytest.mark.parametrize("name", LONGGEN)
-def test_longgen_counts_own_entries_that_restate_their_rule(tiny, name):
+@pytest.mark.parametrize("name", GOLDEN_THREAD)
+def test_golden_thread_counts_own_entries_that_restate_their_rule(tiny, name):
     task = parse_task(name).task
     for index in range(4):
         sample = task.generate(tiny.tokenizer, 1200, 0.0, seed=0, index=index)
