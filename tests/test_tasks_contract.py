@@ -3,7 +3,7 @@
 import pytest
 
 from longreach import tokens
-from longreach.tasks import TASKS, parse_task
+from longreach.tasks import FAMILIES, TASKS, parse_task
 from longreach.tasks.fitting import LengthFitError
 
 GENERATED = [name for name in TASKS.names() if name != "jsonl"]
@@ -19,6 +19,14 @@ def test_every_variant_is_covered_by_this_contract():
     families = {TASKS.get(name).family.family for name in GENERATED}
     expected = {"passkey", "needle", "threading", "variables", "aggregation", "biographies", "database"}
     assert families >= expected | {"ordering", "confusers", "golden_thread"}
+
+
+def test_every_family_states_its_place_on_the_taxonomy_grid():
+    """Diffusion and scope (Goldman et al. 2024) are stated in each family's own class body; jsonl states None."""
+    for name, family in FAMILIES.items():
+        stated = {key: vars(family)[key] for key in ("diffusion", "scope") if key in vars(family)}
+        assert set(stated) == {"diffusion", "scope"}, f"{name} does not state its diffusion and scope"
+        assert set(stated.values()) <= ({None} if name == "jsonl" else {"low", "high"}), name
 
 
 @pytest.mark.parametrize("name", GENERATED)

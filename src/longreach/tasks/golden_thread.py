@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 
 Scenario = Literal["diary", "floors"]
@@ -53,16 +53,22 @@ class GoldenThread(Task):
     family: ClassVar[str] = "golden_thread"
     summary: ClassVar[str] = "Spinning the Golden Thread: one long answer satisfying K checkable constraints"
     uses_depth: ClassVar[bool] = False
+    diffusion: ClassVar[Level] = "low"  # the instructions stand together in one block before the answer
+    scope: ClassVar[Level] = "high"  # every constraint shapes its entries of one long output
 
     def __post_init__(self) -> None:
         limit = 52 if self.scenario == "diary" else 300
-        require(4 <= self.num_entries <= limit, f"golden_thread: num_entries must be in 4..{limit}; got {self.num_entries}")
+        require(
+            4 <= self.num_entries <= limit, f"golden_thread: num_entries must be in 4..{limit}; got {self.num_entries}"
+        )
         require(
             5 <= self.words_per_entry <= 1000,
             f"golden_thread: words_per_entry must be in 5..1000; got {self.words_per_entry}",
         )
         for name in ("n_once", "n_range", "n_periodic"):
-            require(0 <= getattr(self, name) <= 10, f"golden_thread: {name} must be in 0..10; got {getattr(self, name)}")
+            require(
+                0 <= getattr(self, name) <= 10, f"golden_thread: {name} must be in 0..10; got {getattr(self, name)}"
+            )
         require(self.n_once + self.n_range + self.n_periodic >= 1, "golden_thread: give at least one constraint")
         require(self.max_new_tokens >= 0, f"golden_thread: max_new_tokens must be >= 0; got {self.max_new_tokens}")
 
