@@ -16,7 +16,7 @@ import pytest
 
 from longreach.tasks import TASKS, filler, parse_task, words
 from longreach.tasks.biographies import candidates
-from prompt_oracles import NAME, check_threading, variable_chains
+from prompt_oracles import CANDIDATE, EXAM_QUESTION, NAME, check_threading, variable_chains
 
 GENERATED = [name for name in TASKS.names() if name != "jsonl"]
 SAMPLES, GUESSES = 6, 250
@@ -97,6 +97,21 @@ def _golden_thread(task, sample, rng):
     return "\n".join(text if k == 1 else f"#*# {task.label} {k}: {text}" for k, text in enumerate(entries, 1))
 
 
+def _longgenbench(task, sample, rng):
+    answers = [f"Answer_{i}: The answer is {rng.randint(1, 999)}." for i in range(1, len(sample.answers) + 1)]
+    return " " + "\n".join(answers)[len("Answer_1: ") :]
+
+
+def _bestanswer(task, sample, rng):
+    labels = [label for label, _, _ in re.findall(CANDIDATE, sample.context, flags=re.MULTILINE)]
+    return f" {rng.choice(labels)}"
+
+
+def _longins(task, sample, rng):
+    numbers = [found[3] for found in re.findall(EXAM_QUESTION, sample.context, flags=re.MULTILINE)]
+    return " [" + ", ".join(rng.sample(numbers, task.n_errors)) + "]"
+
+
 GUESS = {
     "passkey": _passkey,
     "needle": _needle,
@@ -108,6 +123,9 @@ GUESS = {
     "ordering": _ordering,
     "confusers": _confusers,
     "golden_thread": _golden_thread,
+    "longgenbench": _longgenbench,
+    "bestanswer": _bestanswer,
+    "longins": _longins,
 }
 
 

@@ -1,4 +1,4 @@
-"""Scoring holes closed: an echo of a golden_thread prompt earns nothing, a list of bio candidates no more than a guess."""
+"""Scoring holes closed: an echo of a golden_thread prompt earns nothing, a list of candidates no more than a guess."""
 
 import itertools
 import re
