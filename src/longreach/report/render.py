@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from longreach.report import plots
-from longreach.report.aggregate import Group, Key, baseline_ratios, by_depth, effective_length, groups, row_label
+from longreach.report.aggregate import (
+    QUADRANTS,
+    Group,
+    Key,
+    Quadrant,
+    baseline_ratios,
+    by_depth,
+    effective_length,
+    groups,
+    row_label,
+    taxonomy_grid,
+)
 from longreach.results import AXES, METRIC, METRICS, ResultsStore
 
 SCHEMA_VERSION = 2
@@ -84,11 +95,20 @@ def render_report(
     points = groups(runs.rows)
     effective = effective_length(points, threshold)
     ratios = baseline_ratios(points, baseline) if baseline else {}
+    grid = taxonomy_grid(points)
     figures = _figures(out, runs.rows, points, native, threshold, heatmaps)
+    if heatmaps and grid:
+        figures["heatmaps"].append(plots.taxonomy(grid, out / "taxonomy.png").name)
     document = _json_document(runs, threshold, native, points, effective, ratios, baseline, figures)
+    document["taxonomy_grid"] = {
+        row: {f"{d}/{s}": {"score": score, "tasks": n} for (d, s), (score, n) in cells.items()}
+        for row, cells in grid.items()
+    }
     document.update(extra or {})
     (out / "report.json").write_text(json.dumps(document, indent=1))
     tables = (preface or []) + _tables(runs, points, effective, ratios, baseline, native, threshold)
+    if grid:
+        tables.append(_taxonomy_table(grid))
     (out / "report.md").write_text(_markdown(runs, tables, figures))
     html_path = out / "report.html"
     html_path.write_text(_html(runs, tables, figures, out))
@@ -254,6 +274,20 @@ def _tables(
             )
         )
     return tables
+
+
+def _taxonomy_table(grid: dict[str, dict[Quadrant, tuple[float, int]]]) -> Table:
+    """Mean score per (diffusion, scope) quadrant of Goldman et al. 2024, one line per row."""
+    return Table(
+        "Mean score on the diffusion x scope grid (Goldman et al. 2024)",
+        ["method"] + [f"{d} diffusion, {s} scope" for d, s in QUADRANTS],
+        [
+            [row] + [f"{cells[q][0]:.2f} ({cells[q][1]} tasks)" if q in cells else "-" for q in QUADRANTS]
+            for row, cells in grid.items()
+        ],
+        "each family states its diffusion (how hard the needed information is to find) and scope (how much of it "
+        "is needed), see `longreach tasks`; a cell is the mean over its tasks of each task's mean score over lengths",
+    )
 
 
 def _cost_table(points: dict[Key, Group], label: dict[int, str]) -> Table:
