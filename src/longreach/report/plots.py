@@ -86,7 +86,8 @@ def taxonomy(grid: dict[str, dict[tuple[str, str], tuple[float, int]]], path: Pa
         ax.set_xticks(range(2), levels)
         ax.set_yticks(range(2), levels)
         ax.set_xlabel("scope")
-        ax.set_ylabel("diffusion")
+        if ax is axes[0][0]:
+            ax.set_ylabel("diffusion")
         for i, d in enumerate(levels):
             for j, s in enumerate(levels):
                 if (d, s) in cells:
