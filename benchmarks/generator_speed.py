@@ -22,7 +22,7 @@ from longreach.tasks import parse_task
 
 DEFAULT_TASKS = (
     "passkey,niah_single_1,niah_single_2,niah_single_3,niah_multikey_2,niah_multikey_3,nt_single,"
-    "nt_thread_forward,vt,cwe,fwe,bio_retrieve,db_count,tsort,confusers,longgen_diary"
+    "nt_thread_forward,vt,cwe,fwe,bio_retrieve,db_count,tsort,confusers,golden_thread_diary"
 )
 RESULTS = Path(__file__).parent / "results" / "generator_speed.json"
 

@@ -230,7 +230,7 @@ def check_confusers(prompt: str) -> tuple[str, ...]:
     return ({"In what year was": about[0][1], "Who founded": about[0][2], "On which river was": about[0][3]}[asked],)
 
 
-def check_longgen(prompt: str) -> tuple[str, ...]:
+def check_golden_thread(prompt: str) -> tuple[str, ...]:
     label = "Week" if "one entry per week" in prompt else "Floor"
     last = int(re.search(r"for (?:weeks|floors) 1 to (\d+)\.", prompt).group(1))
     checks = set()
@@ -248,6 +248,74 @@ def check_longgen(prompt: str) -> tuple[str, ...]:
     return tuple(sorted(f"{label} {k}: {event}" for k, event in checks))
 
 
+_PROBLEMS = (  # the word problems' shapes -> their answer
+    (r"(\w+) has (\d+) (\w+)\. \1 buys (\d+) more and then gives (\d+) away\.", lambda g: g[1] + g[3] - g[4]),
+    (r"A box holds (\d+) (\w+)\. (\w+) fills (\d+) boxes and then gives away (\d+) \2\.", lambda g: g[0] * g[3] - g[4]),
+    (r"(\w+) collects (\d+) (\w+) every day for (\d+) days and already had (\d+)\.", lambda g: g[1] * g[3] + g[4]),
+    (
+        r"(\w+) had (\d+) (\w+) and lost (\d+) of them\. Then \1 (doubles|triples) what is left\.",
+        lambda g: (g[1] - g[3]) * (2 if g[4] == "doubles" else 3),
+    ),
+)
+
+
+def solve_problem(text: str) -> int:
+    for shape, answer in _PROBLEMS:
+        if match := re.match(shape, text):
+            return answer([int(x) if x.isdigit() else x for x in match.groups()])
+    raise AssertionError(f"not a known problem: {text!r}")
+
+
+def check_longgenbench(prompt: str) -> tuple[str, ...]:
+    asked = prompt.split("\n\nFollowing questions:\n")[1]
+    questions = re.findall(r"^Question_(\d+): (.+)$", asked, flags=re.MULTILINE)
+    assert [int(k) for k, _ in questions] == list(range(1, len(questions) + 1))
+    return tuple(str(solve_problem(text)) for _, text in questions)
+
+
+CANDIDATE = r"^Answer (A\d{5}): (.*?answer is (-?\d+)\.)$"
+
+
+def check_bestanswer(prompt: str) -> tuple[str, ...]:
+    gold = solve_problem(re.search(r"^Question: (.+)$", prompt, flags=re.MULTILINE).group(1))
+    right = []
+    for label, body, stated in re.findall(CANDIDATE, prompt, flags=re.MULTILINE):
+        steps = [(int(a), op, int(b), int(c)) for a, op, b, c in re.findall(r"(-?\d+) ([-+*]) (\d+) = (-?\d+)", body)]
+        computed = all(c == {"+": a + b, "-": a - b, "*": a * b}[op] for a, op, b, c in steps)
+        chained = steps[1][0] == steps[0][3]
+        if computed and chained and int(stated) == steps[-1][3] == gold:
+            right.append(label)
+    assert len(right) == 1, right
+    return tuple(right)
+
+
+EXAM_QUESTION = r"^(?:Instruction: (.+?) )?Input: (.+) Answer: (.+) \(question (\d{5})\)$"
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+
+
+def _grade(instruction: str, given: str) -> str:
+    numbers = [int(x) for x in re.findall(r"\d+", given)]
+    if instruction.startswith("Add"):
+        return str(sum(numbers))
+    if instruction.startswith("Write the word backwards"):
+        return given[::-1]
+    if instruction.startswith("Sort"):
+        return ", ".join(map(str, sorted(numbers)))
+    if instruction.startswith("Name the day"):
+        return _DAYS[(_DAYS.index(given.split()[-1]) + numbers[0]) % 7]
+    assert instruction.startswith("Give the largest")
+    return str(max(numbers))
+
+
+def check_longins(prompt: str) -> tuple[str, ...]:
+    shared = re.search(r"The requirements for these questions are as follows: (.+)$", prompt, flags=re.MULTILINE)
+    wrong = []
+    for instruction, given, answer, number in re.findall(EXAM_QUESTION, prompt, flags=re.MULTILINE):
+        if _grade(instruction or shared.group(1), given) != answer:
+            wrong.append(number)
+    return tuple(sorted(wrong))
+
+
 CHECKERS = {
     "passkey": (check_passkey, "ordered"),
     "needle": (check_needle, "multiset"),
@@ -258,5 +326,8 @@ CHECKERS = {
     "database": (check_database, "ordered"),
     "ordering": (check_ordering, "ordered"),
     "confusers": (check_confusers, "ordered"),
-    "longgen": (check_longgen, "set"),
+    "golden_thread": (check_golden_thread, "set"),
+    "longgenbench": (check_longgenbench, "ordered"),
+    "bestanswer": (check_bestanswer, "ordered"),
+    "longins": (check_longins, "ordered"),
 }

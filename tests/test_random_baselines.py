@@ -16,7 +16,7 @@ import pytest
 
 from longreach.tasks import TASKS, filler, parse_task, words
 from longreach.tasks.biographies import candidates
-from prompt_oracles import NAME, check_threading, variable_chains
+from prompt_oracles import CANDIDATE, EXAM_QUESTION, NAME, check_threading, variable_chains
 
 GENERATED = [name for name in TASKS.names() if TASKS.get(name).family.generated]
 SAMPLES, GUESSES = 6, 250
@@ -92,9 +92,24 @@ def _confusers(task, sample, rng):
     return " " + rng.choice(statements)[column]
 
 
-def _longgen(task, sample, rng):
+def _golden_thread(task, sample, rng):
     entries = [" ".join(filler.prose_sentence(rng) for _ in range(4)) for _ in range(task.num_entries)]
     return "\n".join(text if k == 1 else f"#*# {task.label} {k}: {text}" for k, text in enumerate(entries, 1))
+
+
+def _longgenbench(task, sample, rng):
+    answers = [f"Answer_{i}: The answer is {rng.randint(1, 999)}." for i in range(1, len(sample.answers) + 1)]
+    return " " + "\n".join(answers)[len("Answer_1: ") :]
+
+
+def _bestanswer(task, sample, rng):
+    labels = [label for label, _, _ in re.findall(CANDIDATE, sample.context, flags=re.MULTILINE)]
+    return f" {rng.choice(labels)}"
+
+
+def _longins(task, sample, rng):
+    numbers = [found[3] for found in re.findall(EXAM_QUESTION, sample.context, flags=re.MULTILINE)]
+    return " [" + ", ".join(rng.sample(numbers, task.n_errors)) + "]"
 
 
 GUESS = {
@@ -107,7 +122,10 @@ GUESS = {
     "database": _database,
     "ordering": _ordering,
     "confusers": _confusers,
-    "longgen": _longgen,
+    "golden_thread": _golden_thread,
+    "longgenbench": _longgenbench,
+    "bestanswer": _bestanswer,
+    "longins": _longins,
 }
 
 

@@ -93,13 +93,13 @@ def test_report_files_and_json_schema(folder):
     other_2k = next(s for s in report["summary"] if s["row"] == "other" and s["context_length"] == 2048)
     score = other_2k["metrics"]["score"]
     assert score["value"] == 0.5 and score["n"] == 2 and score["low"] < 0.5 < score["high"], "a Wilson interval"
-    for name in ("curve_passkey.png", "heatmap_passkey__none.png", "heatmap_passkey__other.png"):
+    for name in ("curve_passkey.png", "heatmap_passkey__none.png", "heatmap_passkey__other.png", "taxonomy.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
     md = (folder / "report.md").read_text()
     assert "| passkey | none | 1.00 [0.34, 1.00] | 1.00 [0.34, 1.00] | 0.00 [0.00, 0.66] | 2 |" in md
     assert "4K*" in md and "Failed cells (1" in md and "decode_tok_s" in md
     page = html_path.read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
     assert not re.search(r"src=['\"](?!data:)", page), "the page embeds every image"
 
 

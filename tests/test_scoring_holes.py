@@ -1,4 +1,4 @@
-"""Scoring holes closed: an echo of a longgen prompt earns nothing, a list of bio candidates no more than a guess."""
+"""Scoring holes closed: an echo of a golden_thread prompt earns nothing, a list of candidates no more than a guess."""
 
 import itertools
 import re
@@ -8,7 +8,7 @@ import pytest
 from longreach.tasks import parse_task, scoring
 from longreach.tasks.biographies import candidates
 
-LONGGEN = ["longgen_diary", "longgen_floors"]
+GOLDEN_THREAD = ["golden_thread_diary", "golden_thread_floors"]
 _PROSE = "The light was warm, the talk ran late, and everyone went home tired. "
 
 
@@ -24,8 +24,8 @@ def _own_entry(task, entry: int, sample, restate: bool) -> str:
     return f"#*# {task.label} {entry}: " + body + _PROSE * 3
 
 
-@pytest.mark.parametrize("name", LONGGEN)
-def test_longgen_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
+@pytest.mark.parametrize("name", GOLDEN_THREAD)
+def test_golden_thread_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
     task = parse_task(name).task
     naive_credit = 0
     for index in range(4):
@@ -48,8 +48,8 @@ def test_longgen_echo_of_the_prompt_or_its_instructions_scores_zero(tiny, name):
     assert naive_credit, "the echoes tested here named entry 1's events: the old rule gave them credit"
 
 
-@pytest.mark.parametrize("name", LONGGEN)
-def test_longgen_counts_own_entries_that_restate_their_rule(tiny, name):
+@pytest.mark.parametrize("name", GOLDEN_THREAD)
+def test_golden_thread_counts_own_entries_that_restate_their_rule(tiny, name):
     task = parse_task(name).task
     for index in range(4):
         sample = task.generate(tiny.tokenizer, 1200, 0.0, seed=0, index=index)
@@ -128,3 +128,36 @@ def test_bio_age_diff_and_compare_read_one_answer(tiny):
         assert age.score(sample, numbers) == age.score(sample, " 51")
         pair = compare.generate(tiny.tokenizer, 1500, 0.5, seed=0, index=index)
         assert compare.score(pair, " " + " or ".join(pair.meta["people"])) == 0.0
+
+
+def test_bestanswer_naming_several_candidates_is_no_better_than_a_wrong_guess(tiny):
+    task = parse_task("bestanswer").task
+    for index in range(3):
+        sample = task.generate(tiny.tokenizer, 1500, 0.5, seed=0, index=index)
+        labels = re.findall(r"^Answer (A\d{5}):", sample.context, flags=re.MULTILINE)
+        assert task.score(sample, " " + " or ".join(labels)) == 0.0
+        assert task.score(sample, f" {sample.answers[0]} or {labels[0]}") == 0.0
+        assert task.score(sample, f" {sample.answers[0][1:]}") == 1.0, "the bare number names it too"
+
+
+def test_longgenbench_aligns_answers_by_their_labels(tiny):
+    from longreach.tasks.longgenbench import correct_by_index
+
+    task = parse_task("longgenbench").task
+    sample = task.generate(tiny.tokenizer, 1500, 0.0, seed=0, index=0)
+    gold = sample.answers
+    skipped = f" The answer is {gold[0]}.\n" + "\n".join(
+        f"Answer_{i}: The answer is {gold[i - 1]}." for i in range(3, len(gold) + 1)
+    )
+    assert correct_by_index(skipped, gold) == [True, False] + [True] * (len(gold) - 2), "a skipped answer shifts none"
+    assert task.score(sample, skipped) == pytest.approx((len(gold) - 1) / len(gold))
+    echoed = f" The answer is {gold[0]}.\n\nQuestion_2: 17 apples\nAnswer_2: {gold[1]}"
+    assert correct_by_index(echoed, gold)[:2] == [True, True], "an echoed question line ends the answer before it"
+
+
+def test_longins_reads_only_the_numbers_inside_brackets(tiny):
+    task = parse_task("longins_limt").task
+    sample = task.generate(tiny.tokenizer, 1500, 0.0, seed=0, index=0)
+    wrong = list(sample.answers)
+    assert task.score(sample, " The wrong ones are " + ", ".join(wrong) + ".") == 0.0
+    assert task.score(sample, f" [{wrong[0]}] and also {wrong[1]}") == pytest.approx(2 * (1 / 3) / (1 + 1 / 3))

@@ -3,7 +3,7 @@
 import pytest
 
 from longreach import tokens
-from longreach.tasks import TASKS, parse_task
+from longreach.tasks import FAMILIES, TASKS, parse_task
 from longreach.tasks.fitting import LengthFitError
 
 GENERATED = [name for name in TASKS.names() if TASKS.get(name).family.generated]
@@ -18,7 +18,16 @@ def test_every_variant_is_covered_by_this_contract():
     assert set(GENERATED) | {"jsonl", "text"} == set(TASKS.names())
     families = {TASKS.get(name).family.family for name in GENERATED}
     expected = {"passkey", "needle", "threading", "variables", "aggregation", "biographies", "database"}
-    assert families >= expected | {"ordering", "confusers", "longgen"}
+    assert families >= expected | {"ordering", "confusers", "golden_thread", "longgenbench", "longins", "bestanswer"}
+
+
+def test_every_family_states_its_place_on_the_taxonomy_grid():
+    """Diffusion and scope (Goldman et al. 2024) are stated in each family's own class body; the families reading
+    the user's files (jsonl, text) state None."""
+    for name, family in FAMILIES.items():
+        stated = {key: vars(family)[key] for key in ("diffusion", "scope") if key in vars(family)}
+        assert set(stated) == {"diffusion", "scope"}, f"{name} does not state its diffusion and scope"
+        assert set(stated.values()) <= ({None} if not family.generated else {"low", "high"}), name
 
 
 @pytest.mark.parametrize("name", GENERATED)

@@ -327,11 +327,12 @@ def backends_command() -> int:
 
 @app.command("tasks")
 def tasks_command() -> int:
-    """List the registered tasks, their family and knobs."""
-    table = Table("name", "family", "description", "knobs (default)")
+    """List the registered tasks: family, place on the diffusion x scope grid (Goldman et al. 2024) and knobs."""
+    table = Table("name", "family", "diffusion", "scope", "description", "knobs (default)")
     for name, entry in TASKS.items():
         knobs = ", ".join(f"{n}={entry.defaults.get(n, d)}" for n, d, _ in params.describe_fields(entry.family))
-        table.add_row(name, entry.family.family, entry.summary, knobs)
+        family = entry.family
+        table.add_row(name, family.family, family.diffusion or "-", family.scope or "-", entry.summary, knobs)
     out.print(table)
     suites = Table("suite", "description", "tasks")
     for name, suite in SUITES.items():

@@ -1,5 +1,5 @@
 """From stored cells to the numbers people read: every declared metric aggregated per (task, row, length) with its
-interval, ratios to a baseline row, and the effective context length.
+interval, ratios to a baseline row, the effective context length, and mean scores on the diffusion x scope grid.
 
 A *row* is what a line of a table compares: the method stack, labelled with the backend, the question mode and
 the prompt format where they are not the defaults. Effective length follows RULER (Hsieh et al. 2024): the longest
@@ -14,8 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from longreach import params
 from longreach.report.stats import Estimate, estimate
 from longreach.results import AXIS, METRICS
+from longreach.tasks import TASKS
 
 NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
 
@@ -130,4 +132,38 @@ def series_means(rows: list[dict[str, Any]], name: str) -> dict[Key, list[float]
     return {
         key: [statistics.fmean(points) for points in zip(*members, strict=False)]
         for key, members in sorted(curves.items())
+    }
+
+
+Quadrant = tuple[str, str]  # (diffusion, scope)
+QUADRANTS: tuple[Quadrant, ...] = (("low", "low"), ("low", "high"), ("high", "low"), ("high", "high"))
+
+
+def quadrant(spec: str) -> Quadrant | None:
+    """The task's place on the grid of Goldman et al. 2024 (its family's diffusion and scope); None for a task
+    that states none (``jsonl``) or that this code no longer knows (a store written under an older name)."""
+    name = params.split_spec(spec)[0]
+    if name not in TASKS:
+        return None
+    family = TASKS.get(name).family
+    if family.diffusion is None or family.scope is None:
+        return None
+    return family.diffusion, family.scope
+
+
+def taxonomy_grid(points: dict[Key, Group]) -> dict[str, dict[Quadrant, tuple[float, int]]]:
+    """row -> (diffusion, scope) -> (mean score, tasks): each task's mean over its lengths, then the mean over the
+    quadrant's tasks, so every task weighs the same however many lengths or cells it has."""
+    per_task: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (task, row, _), group in points.items():
+        if group.scored:
+            per_task[(row, task)].append(group.score.value)
+    cells: dict[str, dict[Quadrant, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (row, task), scores in sorted(per_task.items()):
+        place = quadrant(task)
+        if place is not None:
+            cells[row][place].append(sum(scores) / len(scores))
+    return {
+        row: {place: (sum(means) / len(means), len(means)) for place, means in sorted(by_place.items())}
+        for row, by_place in sorted(cells.items())
     }

@@ -1,5 +1,6 @@
-"""PNG figures: a depth x length heatmap per (task, method), accuracy-vs-length curves per task, and for perplexity
-runs perplexity-vs-length curves and loss by token position."""
+"""PNG figures: a depth x length heatmap per (task, method), accuracy-vs-length curves per task, the mean score on
+the diffusion x scope grid of Goldman et al. 2024 per method, and for perplexity runs perplexity-vs-length curves
+and loss by token position."""
 
 from __future__ import annotations
 
@@ -121,5 +122,30 @@ def loss_by_position(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def taxonomy(grid: dict[str, dict[tuple[str, str], tuple[float, int]]], path: Path) -> Path:
+    """One 2 x 2 panel per row (``grid``: row -> (diffusion, scope) -> (mean score, tasks)): diffusion down, scope
+    across, low first; red 0 .. green 1, each cell marked with its score and number of tasks."""
+    levels = ("low", "high")
+    fig, axes = plt.subplots(1, len(grid), figsize=(0.6 + 2.8 * len(grid), 2.9), squeeze=False)
+    for ax, (row, cells) in zip(axes[0], grid.items(), strict=True):
+        values = [[cells.get((d, s), (float("nan"), 0))[0] for s in levels] for d in levels]
+        image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(2), levels)
+        ax.set_yticks(range(2), levels)
+        ax.set_xlabel("scope")
+        if ax is axes[0][0]:
+            ax.set_ylabel("diffusion")
+        for i, d in enumerate(levels):
+            for j, s in enumerate(levels):
+                if (d, s) in cells:
+                    score, tasks = cells[(d, s)]
+                    ax.text(j, i, f"{score:.2f}\n({tasks} tasks)", ha="center", va="center", fontsize=8)
+        ax.set_title(row, fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.046, pad=0.04)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -16,14 +16,17 @@ from typing import Any
 
 from longreach.report import plots
 from longreach.report.aggregate import (
+    QUADRANTS,
     Group,
     Key,
+    Quadrant,
     baseline_ratios,
     by_depth,
     effective_length,
     groups,
     row_label,
     series_means,
+    taxonomy_grid,
 )
 from longreach.results import AXES, METRIC, METRICS, ResultsStore
 
@@ -94,11 +97,20 @@ def render_report(
     points = groups(runs.rows)
     effective = effective_length(points, threshold)
     ratios = baseline_ratios(points, baseline) if baseline else {}
+    grid = taxonomy_grid(points)
     figures = _figures(out, runs.rows, points, native, threshold, heatmaps)
+    if heatmaps and grid:
+        figures["heatmaps"].append(plots.taxonomy(grid, out / "taxonomy.png").name)
     document = _json_document(runs, threshold, native, points, effective, ratios, baseline, figures)
+    document["taxonomy_grid"] = {
+        row: {f"{d}/{s}": {"score": score, "tasks": n} for (d, s), (score, n) in cells.items()}
+        for row, cells in grid.items()
+    }
     document.update(extra or {})
     (out / "report.json").write_text(json.dumps(document, indent=1))
     tables = (preface or []) + _tables(runs, points, effective, ratios, baseline, native, threshold)
+    if grid:
+        tables.append(_taxonomy_table(grid))
     (out / "report.md").write_text(_markdown(runs, tables, figures))
     html_path = out / "report.html"
     html_path.write_text(_html(runs, tables, figures, out))
@@ -324,6 +336,20 @@ def _perplexity_table(points: dict[Key, Group], lengths: list[int], label: dict[
         ],
         "perplexity = exp(mean next-token loss over the text's tokens); a length's samples are consecutive spans "
         "of the same file, the same for every row; n: samples per length",
+    )
+
+
+def _taxonomy_table(grid: dict[str, dict[Quadrant, tuple[float, int]]]) -> Table:
+    """Mean score per (diffusion, scope) quadrant of Goldman et al. 2024, one line per row."""
+    return Table(
+        "Mean score on the diffusion x scope grid (Goldman et al. 2024)",
+        ["method"] + [f"{d} diffusion, {s} scope" for d, s in QUADRANTS],
+        [
+            [row] + [f"{cells[q][0]:.2f} ({cells[q][1]} tasks)" if q in cells else "-" for q in QUADRANTS]
+            for row, cells in grid.items()
+        ],
+        "each family states its diffusion (how hard the needed information is to find) and scope (how much of it "
+        "is needed), see `longreach tasks`; a cell is the mean over its tasks of each task's mean score over lengths",
     )
 
 

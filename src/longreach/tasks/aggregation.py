@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 _DOTS = "...."
@@ -50,6 +50,8 @@ class Aggregation(Task):
     family: ClassVar[str] = "aggregation"
     summary: ClassVar[str] = "RULER cwe / fwe: name the most common or most frequent words of a long list"
     uses_depth: ClassVar[bool] = False
+    diffusion: ClassVar[Level] = "high"  # no word is cued: the most frequent ones emerge only from counting
+    scope: ClassVar[Level] = "high"  # every word of the list counts
 
     def __post_init__(self) -> None:
         require(1 <= self.n_top <= 50, f"aggregation: n_top must be in 1..50; got {self.n_top}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from longreach import params
 from longreach.errors import LongreachError
@@ -78,15 +78,26 @@ class Sample:
         )
 
 
+Level = Literal["low", "high"]
+
+
 @dataclass(frozen=True)
 class Task:
-    """Base class: a frozen dataclass whose fields are the task's knobs (set from the spec string)."""
+    """Base class: a frozen dataclass whose fields are the task's knobs (set from the spec string).
+
+    ``diffusion`` and ``scope`` place the family on the grid of Goldman et al. 2024 ("Is It Really Long Context
+    if All You Need Is Retrieval?", arXiv 2407.00402): how hard the needed information is to find (spread out,
+    not lexically cued, among similar distractors, behind reasoning chains) and how much of it is needed. Every
+    family states both, with its reason; None only where the instances are not ours to judge (``jsonl``).
+    """
 
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = True
     generated: ClassVar[bool] = True  # False: the family reads the user's files (jsonl, text, benchmark loaders)
     measures: ClassVar[str] = "answer"  # "answer": a reply is generated and scored; "loss": token losses (perplexity)
+    diffusion: ClassVar[Level | None] = None
+    scope: ClassVar[Level | None] = None
 
     def generate(
         self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW

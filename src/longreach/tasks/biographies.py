@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Op = Literal["retrieve", "multi_retrieve", "age_diff", "compare", "rank", "idk", "cite"]
@@ -126,6 +126,8 @@ class Biographies(Task):
 
     family: ClassVar[str] = "biographies"
     summary: ClassVar[str] = "LongBioBench: retrieval, reasoning, refusal and citation over a haystack of bios"
+    diffusion: ClassVar[Level] = "high"  # facts sit in seamless look-alike bios, paraphrased or in the first person
+    scope: ClassVar[Level] = "low"  # one to three people's facts
 
     def __post_init__(self) -> None:
         require(

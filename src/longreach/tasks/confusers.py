@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 
 Fact = Literal["random", "year", "founder", "river"]
@@ -60,6 +60,8 @@ class Confusers(Task):
 
     family: ClassVar[str] = "confusers"
     summary: ClassVar[str] = "LV-Eval CFI/KPR: one true fact among near-duplicate facts about renamed entities"
+    diffusion: ClassVar[Level] = "high"  # the true fact sits among near-duplicates about one-letter-different towns
+    scope: ClassVar[Level] = "low"  # one fact
 
     def __post_init__(self) -> None:
         require(self.answerable or self.n_confusers >= 1, "confusers: answerable=false needs n_confusers >= 1")

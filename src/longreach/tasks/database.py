@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Query = Literal["filter", "count", "max", "min", "group", "join"]
@@ -64,6 +64,8 @@ class Database(Task):
     family: ClassVar[str] = "database"
     summary: ClassVar[str] = "HoloBench: filter / count / max / min / group / join over records written as sentences"
     uses_depth: ClassVar[bool] = False
+    diffusion: ClassVar[Level] = "high"  # relevant rows are written in varied templates among unrelated records
+    scope: ClassVar[Level] = "high"  # every relevant row enters the answer
 
     def __post_init__(self) -> None:
         require(2 <= self.num_rows <= 500, f"database: num_rows must be in 2..500; got {self.num_rows}")

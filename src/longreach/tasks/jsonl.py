@@ -138,6 +138,8 @@ class JsonlTask(Task):
     summary: ClassVar[str] = "your own instances: jsonl:PATH, lines with context, question, answers"
     uses_depth: ClassVar[bool] = False
     generated: ClassVar[bool] = False
+    diffusion: ClassVar[None] = None  # the user's own instances: not ours to place on the grid
+    scope: ClassVar[None] = None  # likewise
 
     def __post_init__(self) -> None:
         if not self.path:

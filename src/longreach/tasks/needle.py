@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import NOISE, prose_units
 
 ValueType = Literal["numbers", "words", "uuids"]
@@ -39,6 +39,8 @@ class NeedleTask(Task):
 
     family: ClassVar[str] = "needle"
     summary: ClassVar[str] = "RULER NIAH: keys -> values hidden in noise, prose or distractor needles"
+    diffusion: ClassVar[Level] = "low"  # the queried key stands verbatim in its needle (num_keys adds distractors)
+    scope: ClassVar[Level] = "low"  # one to a few values
 
     def __post_init__(self) -> None:
         for name in ("num_keys", "num_values", "num_queries"):

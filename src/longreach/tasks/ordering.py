@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 from longreach.tasks.words import word_list
 
@@ -37,6 +37,8 @@ class Ordering(Task):
     family: ClassVar[str] = "ordering"
     summary: ClassVar[str] = "Ada-LEval TSort: order shuffled segments whose order follows from their content"
     uses_depth: ClassVar[bool] = False
+    diffusion: ClassVar[Level] = "high"  # the order follows only from the cities each segment starts and ends in
+    scope: ClassVar[Level] = "high"  # every segment must be placed
 
     def __post_init__(self) -> None:
         require(2 <= self.n_segments <= 8, f"ordering: n_segments must be in 2..8; got {self.n_segments}")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import NOISE
 
 HEAD = (
@@ -35,6 +35,8 @@ class Passkey(Task):
 
     family: ClassVar[str] = "passkey"
     summary: ClassVar[str] = "a number hidden in repeated filler (Landmark Attention's passkey test)"
+    diffusion: ClassVar[Level] = "low"  # the only number in a repeated filler, cued by its own words
+    scope: ClassVar[Level] = "low"  # one number
 
     def __post_init__(self) -> None:
         require(1 <= self.digits <= 20, f"passkey: digits must be in 1..20; got {self.digits}")

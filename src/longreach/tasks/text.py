@@ -74,6 +74,8 @@ class LongText(Task):
     uses_depth: ClassVar[bool] = False
     generated: ClassVar[bool] = False
     measures: ClassVar[str] = "loss"
+    diffusion: ClassVar[None] = None  # no question: every token is scored, nothing to find
+    scope: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         require(bool(self.path), "text: give a file, e.g. text:path=book.txt")

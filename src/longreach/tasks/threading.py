@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import drawn_units
 
 Mode = Literal["single", "multiple", "conditional", "thread", "multi_thread"]
@@ -55,6 +55,8 @@ class Threading(Task):
 
     family: ClassVar[str] = "threading"
     summary: ClassVar[str] = "Needle Threading: single, multiple, conditional needles and threads over UUID pairs"
+    diffusion: ClassVar[Level] = "high"  # each hop is a UUID among look-alike pairs, reached by following a value
+    scope: ClassVar[Level] = "low"  # one to a few final values
 
     def __post_init__(self) -> None:
         require(1 <= self.num_needles <= 64, f"threading: num_needles must be in 1..64; got {self.num_needles}")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import NOISE
 
 HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
@@ -53,6 +53,8 @@ class VariableTracking(Task):
 
     family: ClassVar[str] = "variables"
     summary: ClassVar[str] = "RULER variable tracking: multi-hop assignment chains among distractor chains"
+    diffusion: ClassVar[Level] = "high"  # a chain is found only by following assignments, among distractor chains
+    scope: ClassVar[Level] = "low"  # the few names of one chain
 
     def __post_init__(self) -> None:
         require(1 <= self.num_chains <= 32, f"variables: num_chains must be in 1..32; got {self.num_chains}")

@@ -1,4 +1,6 @@
-"""Long-form constrained generation (Wu et al. 2025, "Spinning the Golden Thread" / LongGenBench, ICLR'25).
+"""Long-form constrained generation (Wu et al. 2025, "Spinning the Golden Thread", arXiv 2409.02076; renamed
+"LongGenBench: Benchmarking Long-Form Generation in Long Context LLMs" for ICLR'25, which is not the LongGenBench of
+Liu et al. 2024: see :mod:`longreach.tasks.longgenbench`).
 
 The model writes one long answer: ``num_entries`` entries (a diary of 2018 by week, or the floors of a
 skyscraper), each opened by ``#*# Week k:`` / ``#*# Floor k:`` and at least ``words_per_entry`` words long,
@@ -28,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from longreach.params import require
 from longreach.prompts import RAW, PromptFormat
 from longreach.tasks import fitting, rng, scoring, words
-from longreach.tasks.base import Sample, Task, register_family
+from longreach.tasks.base import Level, Sample, Task, register_family
 from longreach.tasks.filler import prose_units
 
 Scenario = Literal["diary", "floors"]
@@ -37,7 +39,7 @@ _ECHO = 0.5  # an entry with more than this share of its words copied from the p
 
 @register_family
 @dataclass(frozen=True)
-class LongGeneration(Task):
+class GoldenThread(Task):
     """Write a long structured answer that satisfies every constraint."""
 
     scenario: Scenario = field(default="diary", metadata={"help": "diary (weeks of 2018) | floors (a skyscraper)"})
@@ -48,21 +50,27 @@ class LongGeneration(Task):
     n_periodic: int = field(default=1, metadata={"help": "events every p entries"})
     max_new_tokens: int = field(default=0, metadata={"help": "generation budget (0: 2 tokens a word + 16 per entry)"})
 
-    family: ClassVar[str] = "longgen"
-    summary: ClassVar[str] = "SGT / LongGenBench: one long answer satisfying K checkable constraints"
+    family: ClassVar[str] = "golden_thread"
+    summary: ClassVar[str] = "Spinning the Golden Thread: one long answer satisfying K checkable constraints"
     uses_depth: ClassVar[bool] = False
+    diffusion: ClassVar[Level] = "low"  # the instructions stand together in one block before the answer
+    scope: ClassVar[Level] = "high"  # every constraint shapes its entries of one long output
 
     def __post_init__(self) -> None:
         limit = 52 if self.scenario == "diary" else 300
-        require(4 <= self.num_entries <= limit, f"longgen: num_entries must be in 4..{limit}; got {self.num_entries}")
+        require(
+            4 <= self.num_entries <= limit, f"golden_thread: num_entries must be in 4..{limit}; got {self.num_entries}"
+        )
         require(
             5 <= self.words_per_entry <= 1000,
-            f"longgen: words_per_entry must be in 5..1000; got {self.words_per_entry}",
+            f"golden_thread: words_per_entry must be in 5..1000; got {self.words_per_entry}",
         )
         for name in ("n_once", "n_range", "n_periodic"):
-            require(0 <= getattr(self, name) <= 10, f"longgen: {name} must be in 0..10; got {getattr(self, name)}")
-        require(self.n_once + self.n_range + self.n_periodic >= 1, "longgen: give at least one constraint")
-        require(self.max_new_tokens >= 0, f"longgen: max_new_tokens must be >= 0; got {self.max_new_tokens}")
+            require(
+                0 <= getattr(self, name) <= 10, f"golden_thread: {name} must be in 0..10; got {getattr(self, name)}"
+            )
+        require(self.n_once + self.n_range + self.n_periodic >= 1, "golden_thread: give at least one constraint")
+        require(self.max_new_tokens >= 0, f"golden_thread: max_new_tokens must be >= 0; got {self.max_new_tokens}")
 
     @property
     def label(self) -> str:
@@ -71,6 +79,7 @@ class LongGeneration(Task):
     def generate(
         self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
     ) -> Sample:
+        # The streams keep the family's former name, so its samples are those of stored runs under `longgen`.
         name = f"longgen/{self.scenario}/{self.num_entries}"
         probe = rng.stream(seed, name, "probe", index)
         filler_rng = rng.stream(seed, name, "filler", context_length, index)
