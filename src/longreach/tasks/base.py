@@ -85,6 +85,9 @@ class Task:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = True
+    # Instances are read from files (``jsonl``, released benchmarks), not generated: the generator contract
+    # (exact length, depth, random baseline) does not apply; the prompt is cut to the budget, never padded.
+    released: ClassVar[bool] = False
 
     def generate(
         self, tokenizer: Any, context_length: int, depth: float, seed: int, index: int, frame: PromptFormat = RAW
