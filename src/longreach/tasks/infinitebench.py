@@ -38,34 +38,51 @@ class _Subset:
 
 SUBSETS = {
     "passkey": _Subset(
-        f"{_FIND} and memorize it. I will quiz you about the important information.\n\n", "\n\n{input}\n\n",
-        "The pass key is", 6,
+        f"{_FIND} and memorize it. I will quiz you about the important information.\n\n",
+        "\n\n{input}\n\n",
+        "The pass key is",
+        6,
     ),
     "number_string": _Subset(
-        f"{_FIND}. I will quiz you about the important information there.\n\n", "\n\n{input}\n\n",
-        "The sequence of digits is", 12,
+        f"{_FIND}. I will quiz you about the important information there.\n\n",
+        "\n\n{input}\n\n",
+        "The sequence of digits is",
+        12,
     ),
     "kv_retrieval": _Subset(
         "Extract the value corresponding to the specified key in the JSON object below.\n\n", "\n\n{input}", "", 50
     ),
     "longbook_sum_eng": _Subset("Summarize the book below.\n\n", "\n\n", "Summary:", 1200),
     "longbook_choice_eng": _Subset(
-        "Read the book and answer the question.\n\n", "\n\nQuestion: {input}" + _OPTIONS,
-        "The letter of the correct answer is", 40,
+        "Read the book and answer the question.\n\n",
+        "\n\nQuestion: {input}" + _OPTIONS,
+        "The letter of the correct answer is",
+        40,
     ),
     "longbook_qa_eng": _Subset(
-        "Read the book and answer the question. Be very concise in your answer.\n\n", "\n\nQuestion: {input}\n",
-        "Answer:", 40,
+        "Read the book and answer the question. Be very concise in your answer.\n\n",
+        "\n\nQuestion: {input}\n",
+        "Answer:",
+        40,
     ),
     "code_debug": _Subset(
         "Following is a Python code where exactly one of the functions/methods has a deliberate error that makes it "
-        "crash.\n\n", "\n\nOptions:" + _OPTIONS, "The correct option is:", 5,
+        "crash.\n\n",
+        "\n\nOptions:" + _OPTIONS,
+        "The correct option is:",
+        5,
     ),
     "math_find": _Subset("{prefix}\n\n", "\n\n{input}", "", 3),
 }
 Subset = Literal[
-    "passkey", "number_string", "kv_retrieval", "longbook_sum_eng", "longbook_choice_eng", "longbook_qa_eng",
-    "code_debug", "math_find",
+    "passkey",
+    "number_string",
+    "kv_retrieval",
+    "longbook_sum_eng",
+    "longbook_choice_eng",
+    "longbook_qa_eng",
+    "code_debug",
+    "math_find",
 ]
 _CHOICE = ("longbook_choice_eng", "code_debug")
 SOURCE = Source("InfiniteBench", "https://huggingface.co/datasets/xinrongzhang2022/InfiniteBench")

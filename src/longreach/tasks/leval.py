@@ -32,13 +32,41 @@ from longreach.tasks.released import ANY, TEXT, TEXTS, Instance, ReleasedTask, S
 
 CLOSED = ("coursera", "gsm100", "quality", "tpo", "topic_retrieval_longchat", "sci_fi", "codeU")
 OPEN = (
-    "financial_qa", "gov_report_summ", "legal_contract_qa", "meeting_summ", "multidoc_qa", "narrative_qa",
-    "natural_question", "news_summ", "paper_assistant", "patent_summ", "review_summ", "scientific_qa", "tv_show_summ",
+    "financial_qa",
+    "gov_report_summ",
+    "legal_contract_qa",
+    "meeting_summ",
+    "multidoc_qa",
+    "narrative_qa",
+    "natural_question",
+    "news_summ",
+    "paper_assistant",
+    "patent_summ",
+    "review_summ",
+    "scientific_qa",
+    "tv_show_summ",
 )
 Subset = Literal[
-    "coursera", "gsm100", "quality", "tpo", "topic_retrieval_longchat", "sci_fi", "codeU", "financial_qa",
-    "gov_report_summ", "legal_contract_qa", "meeting_summ", "multidoc_qa", "narrative_qa", "natural_question",
-    "news_summ", "paper_assistant", "patent_summ", "review_summ", "scientific_qa", "tv_show_summ",
+    "coursera",
+    "gsm100",
+    "quality",
+    "tpo",
+    "topic_retrieval_longchat",
+    "sci_fi",
+    "codeU",
+    "financial_qa",
+    "gov_report_summ",
+    "legal_contract_qa",
+    "meeting_summ",
+    "multidoc_qa",
+    "narrative_qa",
+    "natural_question",
+    "news_summ",
+    "paper_assistant",
+    "patent_summ",
+    "review_summ",
+    "scientific_qa",
+    "tv_show_summ",
 ]
 SOURCE = Source("L-Eval", "https://github.com/OpenLMLab/LEval/tree/main/LEval-data")
 SCHEMA = (("input", TEXT), ("instructions", TEXTS), ("outputs", TEXTS), ("source", ANY), ("evaluation", TEXT))

@@ -15,6 +15,8 @@ length policy.
 from __future__ import annotations
 
 import functools
+import importlib.resources
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -40,6 +42,16 @@ def _golds_only(metric: Callable[[str, str], float]) -> Metric:
     return lambda prediction, gold, classes: metric(prediction, gold)
 
 
+_METRICS: dict[str, Metric] = {
+    "qa_f1": _golds_only(metrics.qa_f1),
+    "rouge_l": _golds_only(metrics.rouge_l),
+    "classification": metrics.classification,
+    "count": _golds_only(metrics.count),
+    "retrieval": _golds_only(metrics.retrieval),
+    "code_similarity": _golds_only(metrics.code_similarity),
+}
+
+
 @dataclass(frozen=True)
 class _Subset:
     template: str
@@ -47,103 +59,59 @@ class _Subset:
     metric: Metric
 
 
-SUBSETS: dict[str, _Subset] = {
-    "narrativeqa": _Subset(
-        "You are given a story, which can be either a novel or a movie script, and a question. Answer the question asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nStory: {context}\n\nNow, answer the question based on the story asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:",
-        128,
-        _golds_only(metrics.qa_f1),
-    ),
-    "qasper": _Subset(
-        "You are given a scientific article and a question. Answer the question as concisely as you can, using a single phrase or sentence if possible. If the question cannot be answered based on the information in the article, write \"unanswerable\". If the question is a yes/no question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide any explanation.\n\nArticle: {context}\n\n Answer the question based on the above article as concisely as you can, using a single phrase or sentence if possible. If the question cannot be answered based on the information in the article, write \"unanswerable\". If the question is a yes/no question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:",
-        128,
-        _golds_only(metrics.qa_f1),
-    ),
-    "multifieldqa_en": _Subset(
-        "Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following question based on the above text, only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
-        64,
-        _golds_only(metrics.qa_f1),
-    ),
-    "hotpotqa": _Subset(
-        "Answer the question based on the given passages. Only give me the answer and do not output any other words.\n\nThe following are given passages.\n{context}\n\nAnswer the question based on the given passages. Only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
-        32,
-        _golds_only(metrics.qa_f1),
-    ),
-    "2wikimqa": _Subset(
-        "Answer the question based on the given passages. Only give me the answer and do not output any other words.\n\nThe following are given passages.\n{context}\n\nAnswer the question based on the given passages. Only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
-        32,
-        _golds_only(metrics.qa_f1),
-    ),
-    "musique": _Subset(
-        "Answer the question based on the given passages. Only give me the answer and do not output any other words.\n\nThe following are given passages.\n{context}\n\nAnswer the question based on the given passages. Only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
-        32,
-        _golds_only(metrics.qa_f1),
-    ),
-    "gov_report": _Subset(
-        "You are given a report by a government agency. Write a one-page summary of the report.\n\nReport:\n{context}\n\nNow, write a one-page summary of the report.\n\nSummary:",
-        512,
-        _golds_only(metrics.rouge_l),
-    ),
-    "qmsum": _Subset(
-        "You are given a meeting transcript and a query containing a question or instruction. Answer the query in one or more sentences.\n\nTranscript:\n{context}\n\nNow, answer the query based on the above meeting transcript in one or more sentences.\n\nQuery: {input}\nAnswer:",
-        512,
-        _golds_only(metrics.rouge_l),
-    ),
-    "multi_news": _Subset(
-        "You are given several news passages. Write a one-page summary of all news. \n\nNews:\n{context}\n\nNow, write a one-page summary of all the news.\n\nSummary:",
-        512,
-        _golds_only(metrics.rouge_l),
-    ),
-    "trec": _Subset(
-        "Please determine the type of the question below. Here are some examples of questions.\n\n{context}\n{input}",
-        64,
-        metrics.classification,
-    ),
-    "triviaqa": _Subset(
-        "Answer the question based on the given passage. Only give me the answer and do not output any other words. The following are some examples.\n\n{context}\n\n{input}",
-        32,
-        _golds_only(metrics.qa_f1),
-    ),
-    "samsum": _Subset(
-        "Summarize the dialogue into a few short sentences. The following are some examples.\n\n{context}\n\n{input}",
-        128,
-        _golds_only(metrics.rouge_l),
-    ),
-    "passage_count": _Subset(
-        "There are some paragraphs below sourced from Wikipedia. Some of them may be duplicates. Please carefully read these paragraphs and determine how many unique paragraphs there are after removing duplicates. In other words, how many non-repeating paragraphs are there in total?\n\n{context}\n\nPlease enter the final count of unique paragraphs after removing duplicates. The output format should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer is: ",
-        32,
-        _golds_only(metrics.count),
-    ),
-    "passage_retrieval_en": _Subset(
-        "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine which paragraph the abstract is from.\n\n{context}\n\nThe following is an abstract.\n\n{input}\n\nPlease enter the number of the paragraph that the abstract is from. The answer format must be like \"Paragraph 1\", \"Paragraph 2\", etc.\n\nThe answer is: ",
-        32,
-        _golds_only(metrics.retrieval),
-    ),
-    "lcc": _Subset(
-        "Please complete the code given below. \n{context}Next line of code:\n",
-        64,
-        _golds_only(metrics.code_similarity),
-    ),
-    "repobench-p": _Subset(
-        "Please complete the code given below. \n{context}{input}Next line of code:\n",
-        64,
-        _golds_only(metrics.code_similarity),
-    ),
-}
-E_SUBSETS = (
-    "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa", "samsum",
-    "passage_count", "passage_retrieval_en", "lcc", "repobench-p",
-)
+def _load_subsets() -> dict[str, _Subset]:
+    """LongBench's ``dataset2prompt`` and ``dataset2maxlen`` (English tasks, verbatim) and ``eval.py``'s metric
+    of each task, from ``data/longbench.json``."""
+    text = importlib.resources.files("longreach.tasks").joinpath("data/longbench.json").read_text()
+    return {
+        name: _Subset(entry["prompt"], entry["max_new_tokens"], _METRICS[entry["metric"]])
+        for name, entry in json.loads(text).items()
+    }
+
+
+SUBSETS = _load_subsets()
 _FIRST_LINE = ("trec", "triviaqa", "samsum")
 SCHEMA = (
-    ("input", TEXT), ("context", TEXT), ("answers", TEXTS), ("length", ANY), ("dataset", TEXT), ("language", TEXT),
-    ("all_classes", ANY), ("_id", TEXT),
+    ("input", TEXT),
+    ("context", TEXT),
+    ("answers", TEXTS),
+    ("length", ANY),
+    ("dataset", TEXT),
+    ("language", TEXT),
+    ("all_classes", ANY),
+    ("_id", TEXT),
 )
 SOURCE = Source("LongBench", "https://huggingface.co/datasets/THUDM/LongBench/resolve/main/data.zip")
 Subset = Literal[
-    "narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum",
-    "multi_news", "trec", "triviaqa", "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p",
-    "qasper_e", "multifieldqa_en_e", "hotpotqa_e", "2wikimqa_e", "gov_report_e", "multi_news_e", "trec_e",
-    "triviaqa_e", "samsum_e", "passage_count_e", "passage_retrieval_en_e", "lcc_e", "repobench-p_e",
+    "narrativeqa",
+    "qasper",
+    "multifieldqa_en",
+    "hotpotqa",
+    "2wikimqa",
+    "musique",
+    "gov_report",
+    "qmsum",
+    "multi_news",
+    "trec",
+    "triviaqa",
+    "samsum",
+    "passage_count",
+    "passage_retrieval_en",
+    "lcc",
+    "repobench-p",
+    "qasper_e",
+    "multifieldqa_en_e",
+    "hotpotqa_e",
+    "2wikimqa_e",
+    "gov_report_e",
+    "multi_news_e",
+    "trec_e",
+    "triviaqa_e",
+    "samsum_e",
+    "passage_count_e",
+    "passage_retrieval_en_e",
+    "lcc_e",
+    "repobench-p_e",
 ]
 
 

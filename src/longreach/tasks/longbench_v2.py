@@ -23,8 +23,15 @@ LETTERS = ("A", "B", "C", "D")
 SOURCE = Source("LongBench v2", "https://huggingface.co/datasets/THUDM/LongBench-v2/resolve/main/data.json")
 _LETTER = Kind("one of A, B, C, D", lambda v: v in LETTERS)
 SCHEMA = (
-    ("_id", TEXT), ("domain", TEXT), ("sub_domain", TEXT), ("difficulty", TEXT), ("length", TEXT),
-    ("question", TEXT), *((f"choice_{letter}", TEXT) for letter in LETTERS), ("answer", _LETTER), ("context", TEXT),
+    ("_id", TEXT),
+    ("domain", TEXT),
+    ("sub_domain", TEXT),
+    ("difficulty", TEXT),
+    ("length", TEXT),
+    ("question", TEXT),
+    *((f"choice_{letter}", TEXT) for letter in LETTERS),
+    ("answer", _LETTER),
+    ("context", TEXT),
 )
 _HEAD = "Please read the following text and answer the question below.\n\n<text>\n"
 _QUESTION = "\n</text>\n\nWhat is the correct answer to this question: {question}\nChoices:\n{choices}\n\n"

@@ -20,9 +20,9 @@ from longreach.tasks import metrics
 from longreach.tasks.base import Sample, register_family
 from longreach.tasks.released import (
     ANY,
+    OPTIONAL_TEXT,
     TEXT,
     TEXTS,
-    OPTIONAL_TEXT,
     Instance,
     ReleasedTask,
     Source,
@@ -58,11 +58,20 @@ PROMPTS = {
 MAX_NEW_TOKENS = {name: 16 if name == "factrecall_en" else 64 for name in PROMPTS}
 SOURCE = Source("LV-Eval", "https://huggingface.co/datasets/Infinigence/LVEval/resolve/main/{SUBSET}.zip")
 SCHEMA = (
-    ("input", TEXT), ("context", TEXT), ("answers", TEXTS), ("length", ANY), ("dataset", TEXT), ("language", TEXT),
+    ("input", TEXT),
+    ("context", TEXT),
+    ("answers", TEXTS),
+    ("length", ANY),
+    ("dataset", TEXT),
+    ("language", TEXT),
     ("answer_keywords", OPTIONAL_TEXT),
 )
 Subset = Literal[
-    "hotpotwikiqa_mixup", "loogle_SD_mixup", "loogle_CR_mixup", "loogle_MIR_mixup", "multifieldqa_en_mixup",
+    "hotpotwikiqa_mixup",
+    "loogle_SD_mixup",
+    "loogle_CR_mixup",
+    "loogle_MIR_mixup",
+    "multifieldqa_en_mixup",
     "factrecall_en",
 ]
 Level = Literal["16k", "32k", "64k", "128k", "256k"]

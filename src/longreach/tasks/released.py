@@ -39,7 +39,7 @@ class Kind:
 
 
 TEXT = Kind("a string", lambda v: isinstance(v, str))
-TEXTS = Kind("a non-empty list of strings", lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+TEXTS = Kind("a non-empty list of strings", lambda v: isinstance(v, list) and bool(v) and all(map(TEXT.check, v)))
 LIST = Kind("a list", lambda v: isinstance(v, list))
 ANY = Kind("present", lambda v: True)
 OPTIONAL_TEXT = Kind("a string or null", lambda v: v is None or isinstance(v, str), optional=True)
