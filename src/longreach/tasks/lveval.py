@@ -56,7 +56,7 @@ PROMPTS = {
     ),
 }
 MAX_NEW_TOKENS = {name: 16 if name == "factrecall_en" else 64 for name in PROMPTS}
-SOURCE = Source("LV-Eval", "https://huggingface.co/datasets/Infinigence/LVEval/resolve/main/{SUBSET}.zip")
+SOURCE = Source("LV-Eval", "https://huggingface.co/datasets/Infinigence/LVEval (one SUBSET.zip per subset)")
 SCHEMA = (
     ("input", TEXT),
     ("context", TEXT),
