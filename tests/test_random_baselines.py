@@ -18,7 +18,7 @@ from longreach.tasks import TASKS, filler, parse_task, words
 from longreach.tasks.biographies import candidates
 from prompt_oracles import NAME, check_threading, variable_chains
 
-GENERATED = [name for name in TASKS.names() if name != "jsonl"]
+GENERATED = [name for name in TASKS.names() if not TASKS.get(name).family.released]
 SAMPLES, GUESSES = 6, 250
 
 
@@ -86,7 +86,7 @@ def _ordering(task, sample, rng):
 
 
 def _confusers(task, sample, rng):
-    statement = r"The town of \w+ was founded in (\d{4}) by (.+?) on the banks of the (\w+) river\."
+    statement = r"The town of \w+ was [a-z ]+? in (\d{4}) by (.+?) on the banks of the (\w+) river\."
     statements = re.findall(statement, sample.context)
     column = {"year": 0, "founder": 1, "river": 2}[sample.meta["fact"]]
     return " " + rng.choice(statements)[column]
@@ -115,7 +115,14 @@ def test_every_family_has_a_stated_guess():
     assert {TASKS.get(name).family.family for name in GENERATED} == set(GUESS)
 
 
-@pytest.mark.parametrize("name", [*GENERATED, "passkey:digits=1", "tsort:n_segments=2"])
+LVEVAL_CONFUSERS = [
+    "confusers:confusing_facts=3:scorer=keyword_f1",
+    "confusers:confusing_facts=3:scorer=keyword_f1:fact=founder",
+    "confusers:confusing_facts=2:fact=founder",
+]
+
+
+@pytest.mark.parametrize("name", [*GENERATED, "passkey:digits=1", "tsort:n_segments=2", *LVEVAL_CONFUSERS])
 def test_the_random_guess_scores_the_recorded_baseline(tiny, name):
     task = parse_task(name).task
     rng = random.Random(f"guess|{name}")
