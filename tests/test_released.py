@@ -35,10 +35,13 @@ def test_every_fixture_reads_scores_and_is_cut_to_the_budget(tiny, spec):
         assert sample.meta["truncated_tokens"] == 0, "a short instance is used as is"
         assert sample.meta["realized_tokens"] == tokens.count(tiny.tokenizer, sample.prompt)
         assert task.score(sample, task.reference_answer(sample)) >= 0.95
-        assert task.score(sample, " zzz") <= 0.25, "0, or L-Eval's fallback guess 'A' on a multi-answer question"
+        if "leval:coursera" not in spec:  # L-Eval reads a letterless answer as its guess "A" (Coursera's gold: A)
+            assert task.score(sample, " zzz") <= 0.2, "0 (code: a low edit similarity)"
         budget = sample.meta["realized_tokens"] - 12
         cut = task.generate(tiny.tokenizer, budget, 0.0, seed=0, index=index)
-        assert tokens.count(tiny.tokenizer, cut.prompt) == budget and cut.meta["truncated_tokens"] > 0
+        realized = tokens.count(tiny.tokenizer, cut.prompt)
+        assert budget - 2 <= realized <= budget and cut.meta["truncated_tokens"] > 0, "a merge at the cut may cost one"
+        assert cut.meta["realized_tokens"] == realized
         assert cut.question == sample.question and cut.context[:20] == sample.context[:20]
 
 
@@ -65,7 +68,7 @@ def test_leval_one_instance_per_instruction_and_unscored_lines_dropped(tiny):
     task = parse_task(f"leval:narrative_qa:data={FIXTURES / 'leval'}").task
     assert task.num_instances() == 2, "two instructions of the f1 line; the human-evaluated line is left out"
     sample = task.generate(tiny.tokenizer, 4096, 0, 0, 1)
-    assert sample.question.endswith("Answer this question with 5 words.") and sample.max_new_tokens == 512
+    assert sample.question.endswith("Answer this question with 6 words.") and sample.max_new_tokens == 512
     coursera = parse_task(f"leval:coursera:data={FIXTURES / 'leval'}").task
     first = coursera.generate(tiny.tokenizer, 4096, 0, 0, 0)
     assert coursera.score(first, "A") == 0.25 and coursera.score(first, "AC") == 1.0
@@ -82,7 +85,7 @@ def test_lveval_and_v2_and_infinitebench_details(tiny):
     assert sample.meta["confusing_facts"] and sample.max_new_tokens == 64
     find = parse_task(f"infinitebench:math_find:data={FIXTURES / 'infinitebench'}").task
     sample = find.generate(tiny.tokenizer, 4096, 0, 0, 0)
-    assert sample.prompt.startswith("What is the largest number  in the following list?\n\n[3, 17")
+    assert sample.prompt.startswith("What is the largest number in the following list?\n\n[3, 17")
 
 
 def _write(folder: Path, name: str, lines: list[str]) -> str:

@@ -160,8 +160,8 @@ def _label(where: str, row: dict, subset: str) -> Any:
 
 
 def _math_prefix(where: str, question: str) -> str:
-    """Math.Find's lead line: ``What is the largest number  in the following list?`` (InfiniteBench's text,
-    double space included), built from the ``The ... of`` in the question."""
+    """Math.Find's lead line: ``What is the largest number in the following list?`` (InfiniteBench's text,
+    built from the ``The ... of`` in the question)."""
     found = re.findall(r"The .+ of", question)
     if not found:
         raise SOURCE.fail(f"{where}: field 'input' must ask for 'The ... of' the list; got {question[:40]!r}")

@@ -6,7 +6,8 @@ parsed. A missing folder or file, or a bad line, is one :class:`LongreachError` 
 line and field at fault and where the benchmark publishes its data.
 
 Length policy: ``context_length`` is a budget. A prompt longer than it, as formatted (chat template included),
-has the middle of its context cut until it fits exactly (LongBench's policy: keep the start and the end; here
+has the middle of its context cut until it fits (exactly, or a token short where tokens merge at the cut;
+LongBench's policy: keep the start and the end; here
 the question after the document is always kept whole), the cut recorded as ``truncated_tokens``. A shorter
 prompt is used as is and its length recorded as ``realized_tokens``: released instances are never padded, so
 study length through ``realized_tokens`` (or the benchmark's own ``length`` field, kept in the meta).
