@@ -9,7 +9,7 @@ from longreach.prompts import RAW, chat_format
 from longreach.tasks import TASKS, Sample, parse_task
 from longreach.tasks.fitting import Fitted
 
-GENERATED = [name for name in TASKS.names() if name != "jsonl"]
+GENERATED = [name for name in TASKS.names() if TASKS.get(name).family.generated]
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def _ordering(task, sample, rng):
 
 
 def _confusers(task, sample, rng):
-    statement = r"The town of \w+ was founded in (\d{4}) by (.+?) on the banks of the (\w+) river\."
+    statement = r"The town of \w+ was [a-z ]+? in (\d{4}) by (.+?) on the banks of the (\w+) river\."
     statements = re.findall(statement, sample.context)
     column = {"year": 0, "founder": 1, "river": 2}[sample.meta["fact"]]
     return " " + rng.choice(statements)[column]
@@ -133,7 +133,14 @@ def test_every_family_has_a_stated_guess():
     assert {TASKS.get(name).family.family for name in GENERATED} == set(GUESS)
 
 
-@pytest.mark.parametrize("name", [*GENERATED, "passkey:digits=1", "tsort:n_segments=2"])
+LVEVAL_CONFUSERS = [
+    "confusers:confusing_facts=3:scorer=keyword_f1",
+    "confusers:confusing_facts=3:scorer=keyword_f1:fact=founder",
+    "confusers:confusing_facts=2:fact=founder",
+]
+
+
+@pytest.mark.parametrize("name", [*GENERATED, "passkey:digits=1", "tsort:n_segments=2", *LVEVAL_CONFUSERS])
 def test_the_random_guess_scores_the_recorded_baseline(tiny, name):
     task = parse_task(name).task
     rng = random.Random(f"guess|{name}")

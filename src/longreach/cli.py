@@ -40,7 +40,9 @@ out = Console(markup=False, highlight=False)  # reports hold brackets ("none [ch
 
 MODEL = typer.Option(..., "--model", help="zoo name (see `longreach models`), HF model directory or .gguf file")
 TASK = typer.Option("", "--task", help="comma-separated task specs, e.g. passkey,niah_multikey_1")
-SUITE = typer.Option("", "--suite", help="comma-separated suites (see `longreach tasks`), e.g. ruler-lite, taxonomy")
+SUITE = typer.Option(
+    "", "--suite", help="comma-separated suites (see `longreach tasks`), e.g. ruler-lite, taxonomy, longbench:data=DIR"
+)
 LENGTHS = typer.Option(..., "--lengths", help="context lengths in tokens, e.g. 1k,2k,4k")
 DEPTHS = typer.Option("0,0.5,1", "--depths", help="needle depths in [0, 1]")
 SAMPLES = typer.Option(1, "--samples", min=1, help="samples per (task, method, length, depth)")
@@ -328,15 +330,17 @@ def backends_command() -> int:
 @app.command("tasks")
 def tasks_command() -> int:
     """List the registered tasks: family, place on the diffusion x scope grid (Goldman et al. 2024) and knobs."""
-    table = Table("name", "family", "diffusion", "scope", "description", "knobs (default)")
+    table = Table("name", "family", "diffusion/ scope", "description")
+    table.add_column("knobs (default)", overflow="fold")  # folded, never cut: every knob stays readable
     for name, entry in TASKS.items():
         knobs = ", ".join(f"{n}={entry.defaults.get(n, d)}" for n, d, _ in params.describe_fields(entry.family))
         family = entry.family
-        table.add_row(name, family.family, family.diffusion or "-", family.scope or "-", entry.summary, knobs)
+        grid = f"{family.diffusion}/ {family.scope}" if family.diffusion else "-"
+        table.add_row(name, family.family, grid, entry.summary, knobs)
     out.print(table)
-    suites = Table("suite", "description", "tasks")
+    suites = Table("suite", "description", "arguments", "tasks")
     for name, suite in SUITES.items():
-        suites.add_row(name, suite.summary, ", ".join(suite.tasks))
+        suites.add_row(name, suite.summary, ", ".join(f"{k}=..." for k in suite.knobs) or "-", ", ".join(suite.tasks))
     out.print(suites)
     return 0
 

@@ -94,7 +94,8 @@ class Task:
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = True
-    generated: ClassVar[bool] = True  # False: the family reads the user's files (jsonl, text, benchmark loaders)
+    generated: ClassVar[bool] = True  # False: the family reads the user's files (jsonl, text, released
+    # benchmarks): the generator contract (exact length, depth, random baseline) does not apply
     measures: ClassVar[str] = "answer"  # "answer": a reply is generated and scored; "loss": token losses (perplexity)
     diffusion: ClassVar[Level | None] = None
     scope: ClassVar[Level | None] = None

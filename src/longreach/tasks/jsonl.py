@@ -162,7 +162,7 @@ class JsonlTask(Task):
         def render(text: str) -> str:
             return frame.render(text, question, answer_prefix)
 
-        context, cut = _fit_middle(tokenizer, context, render, context_length)
+        context, cut = fit_middle(tokenizer, context, render, context_length)
         meta = {k: v for k, v in row.get("meta", {}).items() if k not in _TOKEN_FACTS}
         meta.update((k, v) for k, v in row.items() if k not in _PARTS)
         sample = Sample(
@@ -193,8 +193,9 @@ class JsonlTask(Task):
         return scoring.match_any(sample.answers, prediction)
 
 
-def _fit_middle(tokenizer: Any, context: str, render: Callable[[str], str], limit: int) -> tuple[str, int]:
-    """Cut tokens from the middle of ``context`` until the prompt ``render(context)`` has ``limit`` tokens (at most)."""
+def fit_middle(tokenizer: Any, context: str, render: Callable[[str], str], limit: int) -> tuple[str, int]:
+    """Cut tokens from the middle of ``context`` until the prompt ``render(context)`` has ``limit`` tokens (at most);
+    returns the context and the number of tokens cut (LongBench's policy: the start and the end are kept)."""
     total = tokens.count(tokenizer, render(context))
     if total <= limit:
         return context, 0
@@ -212,5 +213,5 @@ def _fit_middle(tokenizer: Any, context: str, render: Callable[[str], str], limi
             break
         cut += excess
     if best is None:
-        raise LengthFitError(f"jsonl: the question alone does not fit in {limit} tokens")
+        raise LengthFitError(f"the question alone does not fit in {limit} tokens")
     return best
