@@ -329,7 +329,13 @@ def render(results: dict) -> str:
         f"- wall time: {results['wall_s']:.0f} s; args: {results['args']}",
         f"- git {prov.get('git_sha')}, longreach {prov.get('longreach_version')}, CPU {prov['cpu_model']}, "
         f"torch threads {prov['torch_threads']}",
-        f"- environment: {json.dumps(prov.get('environment', {}))}",
+        "- environment: "
+        + json.dumps(
+            {
+                k: prov.get(k)
+                for k in ("machine", "cpu_flags", "torch_version", "transformers_version", "serve_versions")
+            }
+        ),
     ]
     return "\n".join(lines) + "\n"
 
