@@ -9,7 +9,7 @@ from longreach.results import METRIC, Cell, Record
 from longreach.runner import Grid, RunConfig
 
 _GRID = ("tasks", "lengths", "methods", "depths", "samples", "question_modes")
-_OPENAI = ("base_url", "api", "tokenizer", "concurrency", "timeout", "retries")
+_OPENAI = ("base_url", "api", "tokenizer", "concurrency", "timeout", "retries", "api_key")
 
 
 def run_config(out: Path, **values: Any) -> RunConfig:

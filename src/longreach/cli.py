@@ -25,6 +25,7 @@ from longreach.report import render_report
 from longreach.runner import Grid, RunConfig, parse_depths, parse_lengths, run_sweep
 from longreach.runner.executors import EXECUTORS
 from longreach.runner.export import export_instances
+from longreach.serve import ServeConfig, run_server
 from longreach.study import load_study, recorded_study, report_study, run_study
 from longreach.tasks import SUITES, TASKS, parse_task, suite_tasks
 from longreach.weights import codec as weight_codec
@@ -190,6 +191,32 @@ def study_report_command(
     path = report_study(study, folder, report_out=out_dir, baseline=_canonical(baseline), heatmaps=heatmaps)
     out.print(path.with_name("report.md").read_text().split("## Figures")[0].rstrip())
     out.print(f"report: {path.resolve()}")
+    return 0
+
+
+@app.command("serve")
+def serve_command(
+    model: str = MODEL,
+    method: list[str] = typer.Option(["none"], "--method", help="method stack spec; repeat to serve several"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 exposes the server)"),
+    port: int = typer.Option(8000, "--port", help="port to listen on"),
+    max_concurrency: int = typer.Option(8, "--max-concurrency", help="requests running at once"),
+    max_queue: int = typer.Option(64, "--max-queue", help="requests waiting before 429"),
+    kv_budget_mb: float = typer.Option(2048.0, "--kv-budget-mb", help="KV cache bytes admission keeps within"),
+    api_key: str = typer.Option("", "--api-key", help="require Authorization: Bearer KEY"),
+    prompt: str = typer.Option("auto", "--prompt", help="chat API: auto (template if any) | raw | chat"),
+    dtype: str = DTYPE,
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds a request may take (queued and running)"),
+    max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="largest request body"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed of requests that give none"),
+) -> int:
+    """Serve method stacks behind an OpenAI-compatible API (one model id per stack)."""
+    config = ServeConfig(
+        model, tuple(method), host, port, max_concurrency, max_queue, kv_budget_mb, api_key, prompt, dtype, device,
+        timeout, max_body_mb, seed,
+    )  # fmt: skip
+    run_server(config)
     return 0
 
 

@@ -74,12 +74,34 @@ def chat_format(tokenizer: Any) -> PromptFormat:
     if text.count(_SENTINEL) != 1:
         raise LongreachError("--prompt chat: the chat template does not place the user message once; use --prompt raw")
     prefix, suffix = text.split(_SENTINEL)
+    return PromptFormat("chat", _without_added_bos(tokenizer, prefix), suffix)
+
+
+def _without_added_bos(tokenizer: Any, text: str) -> str:
+    """``text`` without a leading BOS string when the tokenizer adds BOS by itself (encoding adds it back)."""
     bos = getattr(tokenizer, "bos_token", None)
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     adds_bos = bos is not None and ids[:1] == [getattr(tokenizer, "bos_token_id", None)]
-    if adds_bos and prefix.startswith(bos):
-        prefix = prefix[len(bos) :]
-    return PromptFormat("chat", prefix, suffix)
+    return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+
+
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool, continue_final_message: bool
+) -> str:
+    """The text a model reads for chat ``messages`` through its template (an added BOS left to encoding, as in
+    :func:`chat_format`); raises LongreachError when there is no template or it refuses the messages."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LongreachError("this model's tokenizer has no chat template")
+    try:
+        text = tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
+    except (TemplateError, ValueError, TypeError, KeyError) as exc:
+        raise LongreachError(f"the chat template refused these messages ({exc})") from None
+    return _without_added_bos(tokenizer, text)
 
 
 def resolve_format(tokenizer: Any, choice: str) -> PromptFormat:

@@ -16,9 +16,10 @@ stays unreachable, :class:`BackendUnavailable` stops the sweep (finished cells a
 
 Exact lengths need the server's tokenizer: :class:`RemoteTokenizer` calls the server's tokenize endpoint
 (vLLM and SGLang ``/tokenize``, llama.cpp's Python server ``/extras/tokenize``); a local tokenizer can be
-given instead. Methods cannot be applied to a remote model, so only the ``none`` stack is accepted. The
-server's memory is not visible from here: ``peak_rss_mb`` and ``kv_cache_bytes`` are 0, and ``prefill_seconds``
-is the whole request's time.
+given instead. Methods cannot be applied to a remote model: a stack other than ``none`` runs only where the server
+serves it under its own model id, ``MODEL+STACK`` (``longreach serve --method STACK`` does), which then names the
+model of those requests. The server's memory is not visible from here: ``peak_rss_mb`` and ``kv_cache_bytes`` are
+0, and ``prefill_seconds`` is the whole request's time.
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ class _Client:
         self.timeout, self.retries, self.backoff, self.api_key = timeout, retries, backoff, api_key
         self._slots = threading.BoundedSemaphore(limit)
 
+    def get(self, url: str) -> dict[str, Any]:
+        return self._send(url, None)
+
     def post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
+        return self._send(url, json.dumps(body).encode())
+
+    def _send(self, url: str, data: bytes | None) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -69,7 +75,8 @@ class _Client:
                 time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random()))
             try:
                 with self._slots:
-                    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                    method = "GET" if data is None else "POST"
+                    request = urllib.request.Request(url, data=data, headers=headers, method=method)
                     with urllib.request.urlopen(request, timeout=self.timeout) as response:
                         return json.loads(response.read())
             except urllib.error.HTTPError as exc:
@@ -162,6 +169,7 @@ class OpenAIBackend:
         )
         self.model, self.api, self.concurrency = model, api, concurrency
         self.tokenizer = tokenizer if tokenizer is not None else RemoteTokenizer(self.client, model)
+        self._served: set[str] | None = None
 
     def facts(self) -> dict[str, Any]:
         zoo = ZOO.get(self.model)
@@ -176,21 +184,41 @@ class OpenAIBackend:
 
     def prepare(self, stacks: list[MethodStack], longest: dict[str, int], calibrated: dict[str, str]) -> Preparation:
         for stack in stacks:
-            if stack.repr != "none":
-                raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")
+            self.model_for(stack)
         return Preparation({stack.repr: stack for stack in stacks})
 
-    def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
-        if stack.repr != "none":
-            raise LongreachError(f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}")
-        if len(requests) == 1:
-            return [self._one(requests[0])]
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._one, requests))
+    def model_for(self, stack: MethodStack) -> str:
+        """The served model id running ``stack``: the model for ``none``, else ``MODEL+STACK`` if the server has it."""
+        if stack.repr == "none":
+            return self.model
+        wanted = f"{self.model}+{stack.repr}"
+        if wanted not in self._served_models():
+            raise LongreachError(
+                f"the openai backend runs the served model as is; it cannot apply {stack.repr!r}, and the server does "
+                f"not serve {wanted!r} (`longreach serve --model {self.model} --method {stack.repr}` would)"
+            )
+        return wanted
 
-    def _one(self, request: Request) -> Generation:
+    def _served_models(self) -> set[str]:
+        """The model ids the server lists at /v1/models (none when it cannot say)."""
+        if self._served is None:
+            try:
+                listed = self.client.get(f"{self.client.base_url}/models").get("data") or []
+            except LongreachError:
+                listed = []
+            self._served = {str(item.get("id")) for item in listed if isinstance(item, dict)}
+        return self._served
+
+    def generate(self, requests: list[Request], stack: MethodStack) -> list[Generation]:
+        model = self.model_for(stack)
+        if len(requests) == 1:
+            return [self._one(requests[0], model)]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda request: self._one(request, model), requests))
+
+    def _one(self, request: Request, model: str) -> Generation:
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": model,
             "max_tokens": request.max_new_tokens,
             "temperature": 0.0,
             "top_p": 1.0,
@@ -253,7 +281,7 @@ class OpenAISpec(BackendSpec):
     api_key: str = field(default="", metadata={"help": "sent as a Bearer token"})
 
     name: ClassVar[str] = "openai"
-    summary: ClassVar[str] = "any OpenAI-compatible server; lengths exact through its tokenizer; no methods"
+    summary: ClassVar[str] = "any OpenAI-compatible server; lengths exact through its tokenizer; stacks it serves"
     transport: ClassVar[tuple[str, ...]] = ("concurrency", "timeout", "retries", "api_key")
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,17 @@ from longreach.generation import Generation, Losses, LossRequest, Request, cut_a
 from longreach.measure import peak_gpu, peak_rss
 from longreach.methods import Method, MethodStack
 from longreach.models import LoadedModel, adapter
+
+
+@dataclass
+class PromptRead:
+    """A prefilled prompt: the logits of its last token (1, 1, vocab), the cache, the tokens taken from a kept
+    read, and the cache bytes once the compressed part (or the whole prompt) was read."""
+
+    logits: torch.Tensor
+    cache: Any
+    reused: int
+    compressed_bytes: int
 
 
 class Engine:
@@ -83,26 +95,33 @@ class Engine:
 
     def _run(self, request: Request, stack: MethodStack) -> Generation:
         prompt_ids = self.encode(request.prompt)
+        with torch.inference_mode(), stack.applied(self.loaded):
+            start = time.perf_counter()
+            read = self.read_prompt(prompt_ids, request, stack)
+            generation, cache = self._decode(len(prompt_ids), request, read.logits, read.cache, start, read.reused)
+        if stack.of_kind("cache") is None:
+            self.prefixes.keep(stack.without("cache").repr, prompt_ids, cache)
+        return dataclasses.replace(generation, compressed_kv_bytes=read.compressed_bytes)
+
+    def read_prompt(self, prompt_ids: list[int], request: Request, stack: MethodStack) -> PromptRead:
+        """Prefill ``prompt_ids`` under ``stack`` (a cache method compresses what it compresses), continuing a
+        kept read where the prefix cache allows. Call it inside ``torch.inference_mode()`` with ``stack``
+        applied; the logits of the last prompt token start the answer."""
         method = stack.of_kind("cache")
         base = stack.without("cache")
         split = question_split(self.tokenizer, request, prompt_ids, compressing=method is not None)
         first = prompt_ids if split is None else prompt_ids[:split]
-        with torch.inference_mode(), stack.applied(self.loaded):
-            start = time.perf_counter()
-            if method is None:  # a read ending the prompt computes its last token: its logits start the answer
-                cap = len(first) - 1 if split is None else len(first)
-                reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length, cap)
-                if reused < len(first):
-                    logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, reused)
-            else:
-                reused, cache = self._compressed_read(first, base.repr, method)
-            compressed_bytes = adapter.cache_bytes(cache)
-            if split is not None:
-                logits, cache = adapter.forward(self.loaded.model, torch.tensor([prompt_ids[split:]]), cache, split)
-            generation, cache = self._decode(len(prompt_ids), request, logits, cache, start, reused)
-        if method is None:
-            self.prefixes.keep(base.repr, prompt_ids, cache)
-        return dataclasses.replace(generation, compressed_kv_bytes=compressed_bytes)
+        if method is None:  # a read ending the prompt computes its last token: its logits start the answer
+            cap = len(first) - 1 if split is None else len(first)
+            reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length, cap)
+            if reused < len(first):
+                logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, reused)
+        else:
+            reused, cache = self._compressed_read(first, base.repr, method)
+        compressed_bytes = adapter.cache_bytes(cache)
+        if split is not None:
+            logits, cache = adapter.forward(self.loaded.model, torch.tensor([prompt_ids[split:]]), cache, split)
+        return PromptRead(logits, cache, reused, compressed_bytes)
 
     def _compressed_read(self, first: list[int], base: str, method: Method) -> tuple[int, Any]:
         """Read ``first`` from position 0 and compress it with ``method``: (reused tokens, compressed cache).

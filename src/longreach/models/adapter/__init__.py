@@ -24,7 +24,9 @@ from longreach.models.adapter.cache import (
     layer_kv,
     layer_lengths,
     layer_type,
+    merge_rows,
     physical_bytes,
+    select_rows,
     set_layer,
     set_layer_kv,
 )
@@ -36,7 +38,13 @@ from longreach.models.adapter.config import (
     text_config,
     uses_rope,
 )
-from longreach.models.adapter.forward import forward, forward_with_grad, last_hidden_states, next_token_nll
+from longreach.models.adapter.forward import (
+    forward,
+    forward_rows,
+    forward_with_grad,
+    last_hidden_states,
+    next_token_nll,
+)
 from longreach.models.adapter.rope import (
     apply_rope,
     long_range_layer_types,
@@ -64,6 +72,7 @@ __all__ = [
     "crop_cache",
     "empty_cache",
     "forward",
+    "forward_rows",
     "forward_with_grad",
     "hard_max_length",
     "is_plain_cache",
@@ -73,6 +82,7 @@ __all__ = [
     "layer_lengths",
     "layer_type",
     "long_range_layer_types",
+    "merge_rows",
     "model_attention",
     "native_context_length",
     "next_token_nll",
@@ -82,6 +92,7 @@ __all__ = [
     "rope_parameters",
     "rotary_module",
     "rotate_half",
+    "select_rows",
     "set_layer",
     "set_layer_kv",
     "text_config",

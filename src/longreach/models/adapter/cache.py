@@ -105,3 +105,30 @@ def layer_type(storage: type) -> type:
     from transformers.cache_utils import DynamicLayer
 
     return type(storage.__name__.removesuffix("Storage") + "Layer", (storage, DynamicLayer), {})
+
+
+def merge_rows(caches: list[Any]) -> tuple[Any, list[int]]:
+    """One cache holding the batch rows of every cache in ``caches`` (plain caches, see :func:`is_plain_cache`),
+    each left-padded with zero slots to the longest; returns (cache, slots of padding added before each row).
+    The first cache object is reused (its layers now hold the merged tensors)."""
+    lengths = [cache.get_seq_length() for cache in caches]
+    rows = [cache.layers[0].keys.shape[0] for cache in caches]
+    longest = max(lengths)
+    merged = caches[0]
+    for index in range(len(merged.layers)):
+        keys, values = [], []
+        for cache, length in zip(caches, lengths, strict=True):
+            k, v = layer_kv(cache, index)
+            pad = (0, 0, longest - length, 0)
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        set_layer_kv(merged, index, torch.cat(keys), torch.cat(values))
+    return merged, [longest - length for length, count in zip(lengths, rows, strict=True) for _ in range(count)]
+
+
+def select_rows(cache: Any, rows: list[int], drop: int = 0) -> None:
+    """Keep the batch rows ``rows`` of a plain cache (in place, new storages), without its first ``drop`` slots."""
+    index = torch.tensor(rows, dtype=torch.long, device=cache.layers[0].keys.device)
+    for layer in range(len(cache.layers)):
+        keys, values = layer_kv(cache, layer)
+        set_layer_kv(cache, layer, keys[:, :, drop:].index_select(0, index), values[:, :, drop:].index_select(0, index))

@@ -35,6 +35,22 @@ def forward(
     return out.logits, out.cache
 
 
+def forward_rows(
+    model: Any, input_ids: torch.Tensor, cache: Any, positions: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """One decode step for a batch of rows of a left-padded plain cache: ``input_ids`` and ``positions`` (b, 1),
+    ``attention_mask`` (b, slots + 1) with 0 on padding slots. Returns (logits (b, 1, vocab), cache)."""
+    out = model(
+        input_ids=input_ids,
+        position_ids=positions,
+        attention_mask=attention_mask,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits, out.cache
+
+
 def forward_with_grad(model: Any, input_ids: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
     """Logits of the last ``logits_to_keep`` positions with autograd recording from the input embeddings on
     (the weights' own gradients are not computed): for gradient profiling. No cache."""
