@@ -90,7 +90,7 @@ class Embedder:
         return self.model[0].auto_model
 
     def wordpieces(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def embed(self, texts: list[str], window: int = 512, extend: Extend = "chunk") -> torch.Tensor:
         """Plain embeddings (len(texts), d) of whole texts."""
