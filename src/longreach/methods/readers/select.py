@@ -131,23 +131,8 @@ class Select(ReaderMethod):
         return self._attention_scores(engine, inner, cut, special, sink, candidates)
 
     def _embedding_scores(self, cut: Cut, candidates: list[int], query: str) -> np.ndarray:
-        encoder = embedder()
-        first, end = cut.spans[candidates[0]][0], cut.spans[candidates[-1]][1]
-        pieces = encoder.tokenizer(
-            cut.prompt[first:end], add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
-        ids = pieces["input_ids"]
-        starts = [first + begin for begin, _ in pieces["offset_mapping"]]  # wordpiece start chars in the prompt
-        bounds = [bisect.bisect_left(starts, cut.spans[i][0]) for i in candidates] + [len(ids)]
-        middle = [ids[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-        if self.situated:
-            c = self.context_window
-            left = [ids[max(0, a - c) : a] for a in bounds[:-1]]
-            right = [ids[b : b + c] for b in bounds[1:]]
-        else:
-            left = right = [[] for _ in candidates]
-        passages = encoder.embed_situated(left, middle, right, self.window, self.extend)  # (p, d)
-        return cosine_scores(passages, encoder.embed([query], self.window, self.extend)[0])
+        passages = embed_passages(cut, candidates, self.situated, self.context_window, self.window, self.extend)
+        return cosine_scores(passages, embedder().embed([query], self.window, self.extend)[0])
 
     def _attention_scores(
         self,
@@ -172,6 +157,29 @@ class Select(ReaderMethod):
             for i in group:
                 best[i] = float(tokens[owners == i].max())
         return np.array([best[i] for i in candidates])
+
+
+def embed_passages(
+    cut: Cut, candidates: list[int], situated: bool, context_window: int, window: int, extend: Extend
+) -> torch.Tensor:
+    """MiniLM embeddings (p, d) of the consecutive passages ``candidates`` of ``cut``: their text is tokenized once
+    by MiniLM's tokenizer and each passage's wordpieces found by character offsets; ``situated``: each read with
+    ``context_window`` wordpieces on each side and pooled over its own."""
+    encoder = embedder()
+    first, end = cut.spans[candidates[0]][0], cut.spans[candidates[-1]][1]
+    pieces = encoder.tokenizer(
+        cut.prompt[first:end], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
+    ids = pieces["input_ids"]
+    starts = [first + begin for begin, _ in pieces["offset_mapping"]]  # wordpiece start chars in the prompt
+    bounds = [bisect.bisect_left(starts, cut.spans[i][0]) for i in candidates] + [len(ids)]
+    middle = [ids[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    if situated:
+        left = [ids[max(0, a - context_window) : a] for a in bounds[:-1]]
+        right = [ids[b : b + context_window] for b in bounds[1:]]
+    else:
+        left = right = [[] for _ in candidates]
+    return encoder.embed_situated(left, middle, right, window, extend)
 
 
 def pick(units: list[list[int]], sink: list[int], candidates: list[int], scores: np.ndarray, budget: int) -> list[int]:
