@@ -69,7 +69,15 @@ def embedder() -> Embedder:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise LongreachError(_MISSING) from None
-    model = SentenceTransformer(path, device="cpu", local_files_only=True)
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run's output
+    try:
+        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     model.eval()
     return Embedder(model)
 

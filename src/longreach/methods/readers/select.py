@@ -80,6 +80,7 @@ class Select(ReaderMethod):
     example: ClassVar[str] = "select:budget=256:unit=32"
     summary: ClassVar[str] = "context shortening: keep the passages most relevant to the question within a budget"
     paper: ClassVar[str] = "Mishra et al. 2025, context shortening (APS); LongEmbed; SitEmb"
+    bounded_memory: ClassVar[bool] = True  # the model reads at most sink + budget + question tokens at once
 
     def __post_init__(self) -> None:
         for name in ("budget", "unit", "context_window", "chunk"):
