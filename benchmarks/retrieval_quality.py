@@ -5,11 +5,11 @@ Usage: ``python benchmarks/retrieval_quality.py [--lengths 1024,...,32768] [--qu
 Writes ``benchmarks/results/retrieval_quality.{json,md}`` with provenance.
 
 The task needs context to find the gold passage. A document (SmolLM2 tokens, the select reader's own cut: one
-passage a paragraph) holds stories: an intro paragraph names a person and their town ("Mira Okafor runs the bakery
-in Saltmere."), then two or three fact paragraphs refer to them only by pronoun ("She keeps the spare key under the
-blue stone by the well."), with unrelated filler paragraphs between stories. Objects repeat across people, so a
-query ("Where does Mira Okafor keep the spare key?") matches several fact passages by its object and the intro by
-the name; only the surroundings tie the gold fact passage to the name. Passages are ranked for each query by
+passage a paragraph) holds stories: an intro paragraph names a person and their town ("Mira K. Okafor runs the
+bakery in Saltmere."), then two or three fact paragraphs refer to them only by pronoun ("She keeps the spare key
+under the blue stone by the well."), with unrelated filler paragraphs between stories. Objects repeat across people,
+so a query ("Where does Mira K. Okafor keep the spare key?") matches several fact passages by its object and the intro
+by the name; only the surroundings tie the gold fact passage to the name. Passages are ranked for each query by
 ``bm25``, ``plain`` (each passage embedded alone), ``situated:W`` (each passage read with W wordpieces of context on
 each side, pooled over its own tokens; ``chunk``: the surroundings trimmed to MiniLM's 512-wordpiece window) and
 ``situated:W:pi`` (the whole input read at once, position table interpolated past 512). The wide windows run at
@@ -66,7 +66,7 @@ def document(tokenizer, length: int, rng: random.Random) -> tuple[str, list[tupl
     """Paragraphs up to about ``length`` tokens and the (query, gold fact sentence) pairs."""
     paragraphs, facts, people = [], [], set()
     while True:
-        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        name = f"{rng.choice(FIRST)} {rng.choice('ABCDEFGHJKLMNPRSTW')}. {rng.choice(LAST)}"  # 4536 names
         if name in people:
             continue
         people.add(name)
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=24, help="queries per document")
     parser.add_argument("--docs", type=int, default=1, help="documents per length")
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval_quality.json")
+    parser.add_argument("--note", default="", help="how the run was made (machine load, lock), kept in the report")
     args = parser.parse_args()
     started = time.perf_counter()
     tokenizer = load_tokenizer(resolve("smollm2-135m"))
@@ -151,6 +152,8 @@ def main() -> None:
     wall = round(time.perf_counter() - started, 1)
     report = {"rows": rows, "wall_seconds": wall, "arguments": vars(args) | {"out": str(args.out)}}
     report["provenance"] = environment()
+    if args.note:
+        report["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -176,6 +179,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {length} | {by[length, variants[0]]['passages_per_doc']:.0f} | " + " | ".join(cells) + " |")
     seconds = {v: sum(r["seconds"] for r in report["rows"] if r["variant"] == v) for v in variants}
     lines += ["", "Ranking seconds (all lengths): " + ", ".join(f"{v} {s:.1f}" for v, s in seconds.items()), ""]
+    if report.get("note"):
+        lines += [f"Run note: {report['note']}", ""]
     p = report["provenance"]
     lines.append(f"Provenance: {json.dumps({k: p[k] for k in sorted(p) if not isinstance(p[k], dict)})}")
     return "\n".join(lines) + "\n"
