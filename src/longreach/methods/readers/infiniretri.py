@@ -21,64 +21,29 @@ equals the unmodified model's.
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from longreach.generation import Generation, Request
 from longreach.methods.readers.base import ReaderMethod, ReadingEngine
+from longreach.methods.readers.units import (
+    leading,
+    phrase_scores,
+    question_attention,
+    sentence_units,
+    split_sentences,
+    time_now,
+    with_reading_cost,
+)
 from longreach.methods.spec import register
-from longreach.models import adapter
 from longreach.params import require
+
+__all__ = ["InfiniRetri", "sentence_units", "split_sentences"]
 
 if TYPE_CHECKING:
     from longreach.methods.spec import MethodStack
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
-class _Stop(Exception):
-    """Raised inside the forward once the selection layer has been scored: later layers are not needed."""
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences with the whitespace that follows them, so ``"".join(split_sentences(t)) == t``. A sentence
-    ends after . ! ? and whitespace, or at a line break (the reference splits at blank lines only; single
-    line breaks also give line-structured haystacks, such as JSON or lists, units to select)."""
-    pieces, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        pieces.append(text[start : match.end()])
-        start = match.end()
-    if start < len(text):
-        pieces.append(text[start:])
-    return pieces
-
-
-def sentence_units(tokenizer: Any, prompt: str, question_offset: int, unit: int) -> tuple[list[list[int]], list[int]]:
-    """The prompt tokenized once (no special tokens): the context's tokens cut into sentence units of at most
-    ``unit`` tokens, and the question's tokens (from ``question_offset`` on). A token belongs to the sentence that
-    holds its last character (a word token carries its leading space), so units split between the tokens of the
-    one tokenization: joined again, units + question are exactly the prompt's tokens."""
-    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    starts = list(itertools.accumulate((len(s) for s in split_sentences(prompt[:question_offset])), initial=0))
-    units: list[list[int]] = []
-    question: list[int] = []
-    current = -1
-    for token, (begin, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
-        last = max(begin, end - 1)
-        if last >= question_offset or question:
-            question.append(token)
-            continue
-        sentence = bisect.bisect_right(starts, last) - 1
-        if sentence != current or len(units[-1]) == unit:
-            units.append([])
-            current = sentence
-        units[-1].append(token)
-    return units, question
 
 
 @register
@@ -107,7 +72,7 @@ class InfiniRetri(ReaderMethod):
     def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
         special = engine.encode("")
         ids, question = sentence_units(engine.tokenizer, request.prompt, len(request.context), self.unit)
-        sink = _leading(ids, self.sink)
+        sink = leading(ids, self.sink)
         if sum(map(len, ids)) <= self.chunk + self.topk:  # fits: the plain model reads it
             return engine.complete(engine.encode(request.prompt), request, inner)[0]
         retained: list[int] = []
@@ -118,7 +83,7 @@ class InfiniRetri(ReaderMethod):
         prompt_ids = special + [t for i in sink + retained for t in ids[i]] + question
         generation, _ = engine.complete(prompt_ids, request, inner)
         seconds = time_now() - start
-        return _with_reading_cost(generation, seconds, sum(map(len, ids)) + len(question) + len(special))
+        return with_reading_cost(generation, seconds, sum(map(len, ids)) + len(question) + len(special))
 
     def _select(
         self,
@@ -143,44 +108,8 @@ class InfiniRetri(ReaderMethod):
         self, engine: ReadingEngine, inner: MethodStack, step_ids: torch.Tensor, offset: int, width: int, m: int
     ) -> torch.Tensor:
         """Per context token (c,): phrase-smoothed, question-weighted attention from the question rows."""
-        model = engine.loaded.model
-        layers = len(adapter.attention_modules(model))
-        target = self.layer % layers
-        found: dict[str, torch.Tensor] = {}
-
-        def kernel(call: adapter.AttentionCall, inner: adapter.Kernel) -> torch.Tensor:
-            if call.layer != target:  # other layers: whatever attention the inner stack runs
-                return inner(call)
-            query = call.rotate(call.query, call.positions)
-            keys = call.rotate(call.key, call.positions).repeat_interleave(call.groups, dim=1)
-            rows = query[:, :, -m:] @ keys.transpose(-1, -2) * call.scaling  # (b, h, m, n)
-            causal = torch.arange(keys.shape[2]) > (call.positions[-m:, None])
-            found["probs"] = rows.float().masked_fill(causal, float("-inf")).softmax(-1).sum(dim=1)[0]  # (m, n)
-            raise _Stop
-
-        with torch.inference_mode(), inner.applied(engine.loaded), adapter.attention_kernel(model, kernel):
-            try:
-                positions = torch.arange(step_ids.shape[1]).unsqueeze(0)
-                model.model(input_ids=step_ids, position_ids=positions, use_cache=False)
-            except _Stop:
-                pass
-        probs = found["probs"]
-        to_context = probs[:, offset : offset + width]  # (m, c)
-        padded = torch.nn.functional.pad(to_context[:, None, :], (self.phrase // 2, (self.phrase - 1) // 2))
-        smoothed = torch.nn.functional.conv1d(padded, torch.ones(1, 1, self.phrase))[:, 0, :]  # "same" width
-        weights = probs[:, offset + width :].sum(dim=1, keepdim=True)  # (m, 1): attention among the question
-        return (weights * smoothed).sum(dim=0)
-
-
-def _leading(ids: list[list[int]], budget: int) -> list[int]:
-    """Indices of the first sentences that fit in ``budget`` tokens."""
-    chosen, used = [], 0
-    for i, sentence in enumerate(ids):
-        if used + len(sentence) > budget:
-            break
-        chosen.append(i)
-        used += len(sentence)
-    return chosen
+        probs = question_attention(engine, inner, step_ids, m, self.layer)  # (m, n)
+        return phrase_scores(probs, offset, width, self.phrase)
 
 
 def _chunks(ids: list[list[int]], sink: list[int], size: int) -> list[list[int]]:
@@ -195,16 +124,3 @@ def _chunks(ids: list[list[int]], sink: list[int], size: int) -> list[list[int]]
         chunks[-1].append(i)
         used += len(ids[i])
     return [c for c in chunks if c]
-
-
-def time_now() -> float:
-    import time
-
-    return time.perf_counter()
-
-
-def _with_reading_cost(generation: Generation, seconds: float, prompt_tokens: int) -> Generation:
-    """The answer's generation with the whole reading's wall time and the original prompt length."""
-    import dataclasses
-
-    return dataclasses.replace(generation, seconds=seconds, prompt_tokens=prompt_tokens)
