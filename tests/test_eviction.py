@@ -261,6 +261,6 @@ def test_eviction_then_quantization_holds_both_savings_in_physical_bytes(tiny, s
     n_residual = n % 64
     quantized_part = quantized - layers * 2 * (n_residual + 1) * heads * d * item
     assert (both - float_residual) / quantized_part <= 0.5  # whole 64-token groups of the kept half
-    assert both < 0.2 * full
+    assert both < (0.2 if bits == 4 else 0.25) * full
     _, cache = _read(tiny, torch.tensor([tokens.encode(tiny.tokenizer, sample.prompt)]), f"snapkv:compression_ratio=0.5:bits={bits}")
     assert cache.get_seq_length() == kept + 1
