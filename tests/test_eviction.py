@@ -91,7 +91,9 @@ def test_question_voting_is_snapkv_whose_window_is_the_question(layers):
     assert torch.equal(ours, snapkv_scores(observed, keys, n - question, 7, "max"))
     assert (ours[..., question:] > ours[..., :question].max()).all(), "the question's tokens are kept first"
     agnostic = dataclasses.replace(observed, question=None)
-    assert torch.equal(snapkv_scores(agnostic, keys, 64, 7, "max", voters="question"), snapkv_scores(agnostic, keys, 64, 7, "max"))
+    assert torch.equal(
+        snapkv_scores(agnostic, keys, 64, 7, "max", voters="question"), snapkv_scores(agnostic, keys, 64, 7, "max")
+    )
 
 
 def test_group_max_takes_the_max_over_the_query_heads(layers):
@@ -262,5 +264,7 @@ def test_eviction_then_quantization_holds_both_savings_in_physical_bytes(tiny, s
     quantized_part = quantized - layers * 2 * (n_residual + 1) * heads * d * item
     assert (both - float_residual) / quantized_part <= 0.5  # whole 64-token groups of the kept half
     assert both < (0.2 if bits == 4 else 0.25) * full
-    _, cache = _read(tiny, torch.tensor([tokens.encode(tiny.tokenizer, sample.prompt)]), f"snapkv:compression_ratio=0.5:bits={bits}")
+    _, cache = _read(
+        tiny, torch.tensor([tokens.encode(tiny.tokenizer, sample.prompt)]), f"snapkv:compression_ratio=0.5:bits={bits}"
+    )
     assert cache.get_seq_length() == kept + 1

@@ -1,4 +1,6 @@
-"""The KIVI storage shared by ``quantized`` and the evicting methods' ``bits`` knob: int8 / int4 KV cache (KIVI layout: Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
+"""The KIVI storage shared by ``quantized`` and the evicting methods' ``bits`` knob.
+
+int8 / int4 KV cache (KIVI layout: Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
 Quantization for KV Cache", arXiv 2402.02750).
 
 Keys are quantized per channel (one scale and zero point per channel for every ``group`` tokens: key outliers

@@ -53,7 +53,9 @@ class ChunkKV(SnapKV):
 
     name: ClassVar[str] = "chunkkv"
     summary: ClassVar[str] = "ChunkKV: SnapKV scores averaged over fixed-size chunks; whole chunks kept or dropped"
-    paper: ClassVar[str] = "Liu et al. 2025, ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference"
+    paper: ClassVar[str] = (
+        "Liu et al. 2025, ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference"
+    )
     example: ClassVar[str] = "chunkkv:compression_ratio=0.5:window=16:chunk=10"
 
     def __post_init__(self) -> None:

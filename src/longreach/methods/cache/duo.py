@@ -67,7 +67,9 @@ class Duo(EvictingMethod):
 
     name: ClassVar[str] = "duo"
     summary: ClassVar[str] = "DuoAttention-style: retrieval heads (attention probe) keep all, others sinks + recent"
-    paper: ClassVar[str] = "Xiao et al. 2024, DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
+    paper: ClassVar[str] = (
+        "Xiao et al. 2024, DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
+    )
     example: ClassVar[str] = "duo:compression_ratio=0.5:sinks=4:recent=32"
 
     def __post_init__(self) -> None:

@@ -97,7 +97,10 @@ class Expected(EvictingMethod):
 
     name: ClassVar[str] = "expected"
     summary: ClassVar[str] = "Expected Attention: keys scored by the attention estimated future queries pay them"
-    paper: ClassVar[str] = "Devoto et al. 2025, Expected Attention: KV Cache Compression by Estimating Attention from Future Queries Distribution"
+    paper: ClassVar[str] = (
+        "Devoto et al. 2025, Expected Attention: KV Cache Compression by Estimating Attention from Future Queries "
+        "Distribution"
+    )
     example: ClassVar[str] = "expected:compression_ratio=0.5"
 
     def __post_init__(self) -> None:
@@ -108,5 +111,7 @@ class Expected(EvictingMethod):
     def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         n = keys.shape[2]
         if observed.hidden.shape[1] != n:
-            raise ValueError(f"expected scores one prefill's tokens; the cache holds {n}, the read {observed.hidden.shape[1]}")
+            raise ValueError(
+                f"expected scores one prefill's tokens; the cache holds {n}, the read {observed.hidden.shape[1]}"
+            )
         return expected_scores(observed, keys, values, self.future, min(self.sinks, n - 1), self.covariance, self.vnorm)
