@@ -30,8 +30,9 @@ def prompt(tiny):
 def read(tiny, ids: torch.Tensor, spec: str):
     """Our two-part read: all but the last token under the method's compression, then the last token.
     Returns (last-token logits, cache)."""
-    method = parse_stack(spec).of_kind("cache")
-    with torch.inference_mode():
+    stack = parse_stack(spec)
+    method = stack.of_kind("cache")
+    with torch.inference_mode(), stack.applied(tiny):  # per-head methods read their cache through a kernel
         with method.compressing(tiny):
             cache = adapter.forward(tiny.model, ids[:, :-1])[1]
         logits, cache = adapter.forward(tiny.model, ids[:, -1:], cache, start=ids.shape[1] - 1)

@@ -33,6 +33,7 @@ PAIRS = {  # kvpress press -> our spec at ratio 0.5
     "knorm": "knorm:compression_ratio=0.5",
     "observed": "h2o:compression_ratio=0.5:recent=0",
     "pyramid": "pyramid:compression_ratio=0.5",
+    "expected": "expected:compression_ratio=0.5",
 }
 MODES = ("aware", "agnostic")
 Instance = tuple[str, list[int], dict[str, int]]  # (id, prompt ids, split per question mode)

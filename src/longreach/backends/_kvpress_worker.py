@@ -41,7 +41,14 @@ from typing import Any, TextIO
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-PRESSES = ("SnapKVPress", "StreamingLLMPress", "KnormPress", "ObservedAttentionPress", "PyramidKVPress")
+PRESSES = (
+    "SnapKVPress",
+    "StreamingLLMPress",
+    "KnormPress",
+    "ObservedAttentionPress",
+    "PyramidKVPress",
+    "ExpectedAttentionPress",
+)
 EAGER = ("ObservedAttentionPress",)  # scores read the attention weights, which only eager attention returns
 
 

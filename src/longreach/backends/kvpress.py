@@ -68,9 +68,10 @@ PRESSES: dict[str, tuple[str, dict[str, Any]]] = {
     "knorm": ("KnormPress", {}),
     "h2o": ("ObservedAttentionPress", {"recent": 0.0}),
     "pyramid": ("PyramidKVPress", {}),
+    "expected": ("ExpectedAttentionPress", {}),
 }
 RUNS = (  # what press_of accepts, for its refusals
-    "none; snapkv, streaming, knorm, pyramid with compression_ratio=R and default settings; "
+    "none; snapkv, streaming, knorm, pyramid, expected with compression_ratio=R and default settings; "
     "h2o:compression_ratio=R:recent=0"
 )
 

@@ -117,19 +117,23 @@ class Engine:
             if reused < len(first):
                 logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, reused)
         else:
-            reused, cache = self._compressed_read(first, base.repr, method)
+            question = question_start(self.tokenizer, request, prompt_ids) if request.mode == "aware" else None
+            reused, cache = self._compressed_read(first, base.repr, method, question)
         compressed_bytes = adapter.cache_bytes(cache)
         if split is not None:
             logits, cache = adapter.forward(self.loaded.model, torch.tensor([prompt_ids[split:]]), cache, split)
         return PromptRead(logits, cache, reused, compressed_bytes)
 
-    def _compressed_read(self, first: list[int], base: str, method: Method) -> tuple[int, Any]:
+    def _compressed_read(
+        self, first: list[int], base: str, method: Method, question: int | None = None
+    ) -> tuple[int, Any]:
         """Read ``first`` from position 0 and compress it with ``method``: (reused tokens, compressed cache).
+        ``question``: where the question begins in ``first`` when it holds one (question-aware voters).
         With prefix reuse the uncompressed read and its layer inputs are kept, and a copy is compressed."""
         model = self.loaded.model
         ids = torch.tensor([first])
         if not self.prefixes.enabled:
-            with method.compressing(self.loaded):  # each layer compressed right after it is read
+            with method.compressing(self.loaded, question):  # each layer compressed right after it is read
                 return 0, adapter.forward(model, ids)[1]
         kept = self.prefixes.exact(base, first)
         reused = len(first)
@@ -141,8 +145,8 @@ class Engine:
             self.prefixes.keep(base, first, full, inputs)
             kept, reused = (adapter.clone_cache(full), inputs), 0
         cache, inputs = kept
-        for observed in inputs:
-            method.compress_layer(observed, cache, len(inputs))
+        for observed in inputs:  # a copy sharing the memo, so the kept inputs stay question-free
+            method.compress_layer(dataclasses.replace(observed, question=question), cache, len(inputs))
         return reused, cache
 
     def complete(
@@ -209,11 +213,7 @@ def question_split(tokenizer: Any, request: Request, prompt_ids: list[int], comp
     if request.mode == "agnostic":
         if request.question_offset is None:
             raise LongreachError("question-agnostic evaluation needs the question's offset in the prompt")
-        context_ids = tokens.encode(tokenizer, request.prompt[: request.question_offset])
-        split = next(
-            (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
-            min(len(context_ids), len(prompt_ids)),
-        )
+        split = _context_tokens(tokenizer, request, prompt_ids)
         if not 1 <= split < len(prompt_ids):
             raise LongreachError(
                 f"question-agnostic evaluation needs a non-empty context and question; the context has "
@@ -223,6 +223,25 @@ def question_split(tokenizer: Any, request: Request, prompt_ids: list[int], comp
     if request.mode != "aware":
         raise LongreachError(f"unknown question mode {request.mode!r}; valid: aware, agnostic")
     return len(prompt_ids) - 1 if compressing and len(prompt_ids) >= 2 else None
+
+
+def _context_tokens(tokenizer: Any, request: Request, prompt_ids: list[int]) -> int:
+    """Prompt tokens of the context: up to the first id where the context encoded alone differs from the prompt."""
+    context_ids = tokens.encode(tokenizer, request.prompt[: request.question_offset])
+    return next(
+        (i for i, (a, b) in enumerate(zip(context_ids, prompt_ids, strict=False)) if a != b),
+        min(len(context_ids), len(prompt_ids)),
+    )
+
+
+def question_start(tokenizer: Any, request: Request, prompt_ids: list[int]) -> int | None:
+    """The token index where the question begins in a question-aware read (the context's tokens, as the agnostic
+    split counts them), or None when the request has no question offset or the question would be empty in the
+    read (all but the prompt's last token)."""
+    if request.question_offset is None:
+        return None
+    start = _context_tokens(tokenizer, request, prompt_ids)
+    return start if 1 <= start < len(prompt_ids) - 1 else None
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -14,6 +14,11 @@ Evicting methods score every cached token per KV head (:meth:`EvictingMethod.sco
 the top ``kept(n)`` tokens of each head in position order and free the rest: the new tensors have exactly
 ``kept(n)`` tokens, so the physical bytes fall with the ratio. ``kept(n) = max(1, int(n * (1 - ratio)))``, the
 count kvpress keeps, so both tools hold equal bytes at equal ratios.
+
+Eviction composes with quantization through ``bits`` (8 or 4): the kept tokens are then stored in the KIVI
+layout of ``quantized`` (group 64, :mod:`._kivi`), so ``snapkv:compression_ratio=0.5:bits=4`` holds half the
+tokens at about 0.29 of their bytes. A knob rather than a stack of two cache methods: the engine runs one cache
+method per read, and the quantizer must see the kept tokens, not the read.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from longreach.methods.base import Kind, Method
+from longreach.methods.cache._kivi import QuantizedStorage
 from longreach.models import adapter
 from longreach.params import require
 
@@ -52,11 +58,14 @@ class CacheMethod(Method):
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def compressing(self, loaded: LoadedModel) -> Iterator[None]:
-        """Compress every layer's cache right after its attention, for the forwards run inside the block."""
+    def compressing(self, loaded: LoadedModel, question: int | None = None) -> Iterator[None]:
+        """Compress every layer's cache right after its attention, for the forwards run inside the block.
+        ``question``: the token index where the question begins in the read, when it holds one (each layer's
+        :class:`~longreach.models.adapter.LayerInput` carries it)."""
         n_layers = len(adapter.attention_modules(loaded.model))
 
         def hook(observed: adapter.LayerInput, cache: object) -> None:
+            observed.question = question
             self.compress_layer(observed, cache, n_layers)
 
         with adapter.after_attention(loaded.model, hook):
@@ -71,8 +80,12 @@ class EvictingMethod(CacheMethod):
         default=0.0, metadata={"help": "fraction of the prefilled tokens removed (0: keep all)"}
     )
     budget: int = field(default=0, metadata={"help": "tokens kept per layer instead of a ratio (0: use the ratio)"})
+    bits: int = field(default=16, metadata={"help": "16: kept tokens in the model dtype; 8 | 4: quantized (KIVI)"})
+
+    QUANT_GROUP: ClassVar[int] = 64  # tokens sharing a key scale when ``bits`` quantizes the kept tokens
 
     def __post_init__(self) -> None:
+        require(self.bits in (16, 8, 4), f"{self.name}: bits must be 16, 8 or 4; got {self.bits}")
         require(
             0.0 <= self.compression_ratio < 1.0,
             f"{self.name}: compression_ratio must be in [0, 1) (the fraction removed); got {self.compression_ratio}",
@@ -110,10 +123,14 @@ class EvictingMethod(CacheMethod):
     def compress_layer(self, observed: adapter.LayerInput, cache: object, n_layers: int) -> None:
         keys, values = adapter.layer_kv(cache, observed.layer)
         indices = self.select(observed, keys, values, n_layers)
-        if indices is None:
-            return
-        gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
-        adapter.set_layer_kv(cache, observed.layer, keys.gather(2, gather), values.gather(2, gather))
+        if indices is not None:
+            gather = indices.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+            keys, values = keys.gather(2, gather), values.gather(2, gather)
+            adapter.set_layer_kv(cache, observed.layer, keys, values)
+        if self.bits != 16:
+            layer = adapter.layer_type(QuantizedStorage)(self.bits, self.QUANT_GROUP)
+            layer.update(keys, values)
+            adapter.set_layer(cache, observed.layer, layer)
 
 
 def window_attention(observed: adapter.LayerInput, keys: torch.Tensor, window: int) -> torch.Tensor:
@@ -154,7 +171,9 @@ def attention_mass(observed: adapter.LayerInput, keys: torch.Tensor, block: int 
     return mass
 
 
-def per_kv_head(scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """(b, h, n) query-head scores -> (b, k, n), the mean over each KV head's group (kvpress's GQA rule)."""
+def per_kv_head(scores: torch.Tensor, kv_heads: int, reduce: str = "mean") -> torch.Tensor:
+    """(b, h, n) query-head scores -> (b, k, n) over each KV head's group: the mean (kvpress's GQA rule) or the max
+    (a token one query head needs is kept even when the group's other heads ignore it)."""
     b, h, n = scores.shape
-    return scores.reshape(b, kv_heads, h // kv_heads, n).mean(dim=2)
+    grouped = scores.reshape(b, kv_heads, h // kv_heads, n)
+    return grouped.amax(dim=2) if reduce == "max" else grouped.mean(dim=2)

@@ -6,6 +6,7 @@ The budgets fall linearly from layer 0 to the last layer and average to the same
 ``C = w + n (1 - ratio)``, ``min = (C - w) / beta``, ``max = 2 (C - w) - min`` (capped at n - w, then min
 re-balanced), layer l keeps ``round(max - l (max - min) / (L - 1))``; when the pyramid cannot be built the
 layer keeps ``round(n (1 - ratio))`` (SnapKV's count). Layers then hold different numbers of tokens.
+``voters`` and ``group`` are SnapKV's (question-only voting, max over a KV head's query heads).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Pyramid(EvictingMethod):
     kernel: int = field(default=5, metadata={"help": "pooling width along the sequence (odd)"})
     pooling: Literal["avg", "max"] = field(default="avg", metadata={"help": "avg | max pooling of the votes"})
     beta: int = field(default=20, metadata={"help": "steepness: the last layer keeps ~1/beta of the mean budget"})
+    voters: Literal["window", "question"] = field(
+        default="window", metadata={"help": "window: the last tokens vote | question: the question's tokens vote"}
+    )
+    group: Literal["mean", "max"] = field(default="mean", metadata={"help": "mean | max over a KV head's query heads"})
 
     name: ClassVar[str] = "pyramid"
     summary: ClassVar[str] = "PyramidKV: SnapKV selection with budgets falling linearly from the first layer"
@@ -60,4 +65,4 @@ class Pyramid(EvictingMethod):
         return round(high - layer * step)
 
     def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return snapkv_scores(observed, keys, self.window, self.kernel, self.pooling)
+        return snapkv_scores(observed, keys, self.window, self.kernel, self.pooling, self.voters, self.group)

@@ -9,6 +9,12 @@ Query-aware: the question must be inside the window, i.e. read before compressio
 Shapes: window queries (b, h, w, d) x keys (b, k, n, d) -> attention (b, h, w, n) -> votes (b, h, n - w)
 -> pooled, grouped (b, k, n - w) -> scores (b, k, n) with the window on top.
 Same scores as kvpress's ``SnapKVPress`` (its defaults: window 64, kernel 5, average pooling).
+
+Question-only voting (``voters=question``): the voters are the question's tokens instead of the last ``window``
+(the engine marks where the question begins in a question-aware read, ``LayerInput.question``), so the template
+and context tokens just before the question do not vote; in a read without a question (question-agnostic) the
+last ``window`` vote. ``group=max`` takes the max over a KV head's query heads instead of the mean: a token one
+query head needs is kept. ``snapkv:voters=question:group=max:pooling=max:kernel=7`` is the question-aware setting.
 """
 
 from __future__ import annotations
@@ -26,15 +32,24 @@ from longreach.params import require
 
 
 def snapkv_scores(
-    observed: adapter.LayerInput, keys: torch.Tensor, window: int, kernel: int, pooling: str
+    observed: adapter.LayerInput,
+    keys: torch.Tensor,
+    window: int,
+    kernel: int,
+    pooling: str,
+    voters: str = "window",
+    group: str = "mean",
 ) -> torch.Tensor:
-    """SnapKV votes (b, k, n): pooled mean attention of the last ``window`` queries; the window scores highest."""
+    """SnapKV votes (b, k, n): pooled mean attention of the voters (the last ``window`` queries, or the question's
+    when ``voters="question"`` and the read holds one); the voters' own tokens score highest."""
     n = keys.shape[2]
+    if voters == "question" and observed.question is not None:
+        window = n - observed.question
     window = min(window, n - 1)
     votes = window_attention(observed, keys, window)[..., : n - window].mean(dim=-2)
     pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
     votes = pool(votes, kernel_size=kernel, padding=kernel // 2, stride=1)
-    votes = per_kv_head(votes, keys.shape[1])
+    votes = per_kv_head(votes, keys.shape[1], group)
     return F.pad(votes, (0, window), value=float(votes.max()) + 1.0)
 
 
@@ -46,6 +61,10 @@ class SnapKV(EvictingMethod):
     window: int = field(default=64, metadata={"help": "observation window: the last tokens whose queries vote"})
     kernel: int = field(default=5, metadata={"help": "pooling width along the sequence (odd)"})
     pooling: Literal["avg", "max"] = field(default="avg", metadata={"help": "avg | max pooling of the votes"})
+    voters: Literal["window", "question"] = field(
+        default="window", metadata={"help": "window: the last tokens vote | question: the question's tokens vote"}
+    )
+    group: Literal["mean", "max"] = field(default="mean", metadata={"help": "mean | max over a KV head's query heads"})
 
     name: ClassVar[str] = "snapkv"
     summary: ClassVar[str] = "SnapKV: the last window's queries vote (pooled attention) for the keys to keep"
@@ -58,4 +77,4 @@ class SnapKV(EvictingMethod):
         require(self.kernel >= 1 and self.kernel % 2 == 1, f"snapkv: kernel must be odd and >= 1; got {self.kernel}")
 
     def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return snapkv_scores(observed, keys, self.window, self.kernel, self.pooling)
+        return snapkv_scores(observed, keys, self.window, self.kernel, self.pooling, self.voters, self.group)

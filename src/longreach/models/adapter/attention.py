@@ -86,7 +86,9 @@ Kernel = Callable[[AttentionCall, Callable[[AttentionCall], torch.Tensor]], torc
 @dataclass
 class LayerInput:
     """What one attention layer read during a forward: its module, the hidden states entering attention
-    (b, t, hidden) and the RoPE cos/sin (b, t, d) of those t tokens."""
+    (b, t, hidden) and the RoPE cos/sin (b, t, d) of those t tokens. ``question``: the index, among those t
+    tokens, where the question begins when the read holds one (a question-aware compressed read; set by the
+    engine), else None."""
 
     module: torch.nn.Module
     layer: int
@@ -94,6 +96,8 @@ class LayerInput:
     cos: torch.Tensor
     sin: torch.Tensor
     memo: dict[str, Any] = field(default_factory=dict)  # scores derived from this read, shared by methods
+    question: int | None = None
+    rotary: torch.nn.Module | None = None  # the model's rotary embedding (cos/sin of positions not read yet)
 
     def queries(self, last: int | None = None) -> torch.Tensor:
         """Rotated queries (b, h, t', d) of the last ``last`` tokens (all when None), as attention saw them."""
@@ -181,7 +185,7 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
                 cache=cache, **kwargs,
             )  # fmt: skip
         for observer in list(hooks.observers):
-            observer(LayerInput(module, module.layer_idx, hidden_states, cos, sin), cache)
+            observer(LayerInput(module, module.layer_idx, hidden_states, cos, sin, rotary=hooks.rotary), cache)
         return result
 
     return forward
