@@ -133,8 +133,8 @@ def test_a_plan_for_another_model_is_refused(tiny, tmp_path):
 def test_cli_writes_the_plan(monkeypatch, tmp_path, capsys):
     seen = {}
 
-    def fake_make_plan(loaded, keep, targets, lengths, prompts, sink, seed):
-        seen.update(keep=keep, targets=targets, lengths=lengths, prompts=prompts, sink=sink)
+    def fake_make_plan(loaded, keep, targets, lengths, prompts, sink, seed, families):
+        seen.update(keep=keep, targets=targets, lengths=lengths, prompts=prompts, sink=sink, families=families)
         return MoAPlan([[1.0]], [[0.5]], sink, {"kept_fraction": {"4096": 0.5}})
 
     monkeypatch.setattr("longreach.methods.attention.moa_profile.make_plan", fake_make_plan)
@@ -142,8 +142,40 @@ def test_cli_writes_the_plan(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["moa-plan", "--model", "tiny-llama", "--out", str(tmp_path / "p.json"), "--keep", "0.25"])
     assert exit_info.value.code == 0
-    assert seen == {"keep": 0.25, "targets": (4096, 8192), "lengths": (1024, 2048), "prompts": 4, "sink": 64}
+    assert seen == {
+        "keep": 0.25,
+        "targets": (4096, 8192),
+        "lengths": (1024, 2048),
+        "prompts": 4,
+        "sink": 64,
+        "families": ("niah_multivalue", "bio_multi"),
+    }
     assert MoAPlan.load(tmp_path / "p.json").betas == [[0.5]]
+
+
+def test_cli_refuses_an_unknown_calibration_family(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "load_model", lambda model, dtype: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["moa-plan", "--model", "tiny-llama", "--out", str(tmp_path / "p.json"), "--calibration", "pskey"])
+    assert exit_info.value.code == 2
+    assert "pskey" in capsys.readouterr().err
+
+
+def test_calibration_prompts_come_from_the_named_families_in_turn(tiny):
+    from longreach.methods.attention import moa_profile
+
+    seen = []
+    real = moa_profile.parse_task
+
+    def recording(spec):
+        seen.append(spec)
+        return real(spec)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moa_profile, "parse_task", recording)
+        pairs = moa_profile.calibration_prompts(tiny, 1024, 3, 0, ("niah_multivalue", "bio_multi"))
+    assert seen == ["niah_multivalue", "bio_multi", "niah_multivalue"]
+    assert all(len(prompt) == 1024 for prompt, _ in pairs)
 
 
 def test_the_recomputing_attention_gives_autograd_gradients_and_probabilities():

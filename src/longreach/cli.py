@@ -287,14 +287,25 @@ def moa_plan_command(
     lengths: str = typer.Option("1k,2k", "--lengths", help="calibration prompt lengths for the gradient profile"),
     prompts: int = typer.Option(4, "--prompts", min=1, help="calibration prompts per length"),
     sink: int = typer.Option(64, "--sink", min=0, help="global sink tokens every head keeps"),
+    calibration: str = typer.Option(
+        "niah_multivalue,bio_multi", "--calibration", help="task families of the calibration prompts, taken in turn"
+    ),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp32 | fp16"),
     seed: int = SEED,
 ) -> int:
     """Profile a model's attention heads (gradients) and search MoA per-head elastic windows for a cache budget."""
     from longreach.methods.attention.moa_profile import make_plan
 
+    families = tuple(parse_task(spec).spec for spec in calibration.split(","))
     plan = make_plan(
-        load_model(model, dtype), keep, parse_lengths(targets), parse_lengths(lengths), prompts, sink, seed
+        load_model(model, dtype),
+        keep,
+        parse_lengths(targets),
+        parse_lengths(lengths),
+        prompts,
+        sink,
+        seed,
+        families=families,
     )
     out_file.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out_file)

@@ -2,8 +2,10 @@
 
 Ein legend: h query heads, k KV heads, g = h / k, n tokens, delta = i - j (query minus key position).
 
-Profiling (MoA section 4, "attention influence"): the calibration prompts are the model's own retrieval tasks
-(passkey and multi-key needles) answered by the model itself (greedy: MoA's "model alignment"); the loss is the
+Profiling (MoA section 4, "attention influence"): the calibration prompts are generated task instances (by
+default RULER's multi-value needles and bio_multi, families the KV benchmark does not evaluate, so a plan is not
+fitted to its test data; MoA calibrates on long-range summaries) answered by the model itself (greedy: MoA's
+"model alignment"); the loss is the
 answer's negative log-likelihood. With explicit attention probabilities A (float32) and G = dL/dA, masking entry
 (i, j) and renormalising row i changes the loss by, to first order,
 
@@ -38,6 +40,7 @@ from longreach.tasks import parse_task
 
 ALPHAS = (-1024, -512, -256, 0, 128, 256, 512, 1024)
 BETAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+CALIBRATION = ("niah_multivalue", "bio_multi")
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,14 @@ def attention_probabilities(model: Any, on_gradient: ProbabilityHook) -> Iterato
         yield
 
 
-def calibration_prompts(loaded: LoadedModel, length: int, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) pairs: retrieval prompts of ``length`` tokens and the model's own greedy answer
-    (up to its first stop string or 12 tokens)."""
+def calibration_prompts(
+    loaded: LoadedModel, length: int, count: int, seed: int, families: tuple[str, ...] = CALIBRATION
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) pairs: prompts of ``length`` tokens from ``families`` in turn and the model's own
+    greedy answer (up to its first stop string or 12 tokens)."""
     pairs = []
     for index in range(count):
-        task = parse_task("passkey" if index % 2 == 0 else "niah_multikey_1").task
+        task = parse_task(families[index % len(families)]).task
         sample = task.generate(loaded.tokenizer, length, (index + 0.5) / count, seed, index)
         prompt_ids = tokens.encode(loaded.tokenizer, sample.prompt)
         answer = _greedy_answer(loaded, prompt_ids, sample.stop, 12)
@@ -153,7 +158,14 @@ def influence_by_distance(probabilities: torch.Tensor, grad: torch.Tensor, kv_he
     return out
 
 
-def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int, seed: int = 0) -> Profile:
+def profile(
+    loaded: LoadedModel,
+    lengths: tuple[int, ...],
+    count: int,
+    sink: int,
+    seed: int = 0,
+    families: tuple[str, ...] = CALIBRATION,
+) -> Profile:
     """Attention influence by distance, per layer and KV head, at each calibration length."""
     modules = adapter.attention_modules(loaded.model)
     kv_heads = modules[0].config.num_key_value_heads
@@ -165,7 +177,7 @@ def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int
             by_distance = influence_by_distance(probs, grad, kv_heads, sink)
             total[layer, :, : by_distance.shape[1]] += by_distance
 
-        for prompt_ids, answer_ids in calibration_prompts(loaded, length, count, seed):
+        for prompt_ids, answer_ids in calibration_prompts(loaded, length, count, seed, families):
             ids = torch.tensor([prompt_ids + answer_ids])
             with attention_probabilities(loaded.model, accumulate):
                 logits = adapter.forward_with_grad(loaded.model, ids, logits_to_keep=len(answer_ids) + 1)
@@ -175,16 +187,23 @@ def profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int
     return Profile(result, sink, count)
 
 
-def cached_profile(loaded: LoadedModel, lengths: tuple[int, ...], count: int, sink: int, seed: int = 0) -> Profile:
-    """:func:`profile`, remembered on disk per (model source, dtype, lengths, prompts, sink, seed)."""
+def cached_profile(
+    loaded: LoadedModel,
+    lengths: tuple[int, ...],
+    count: int,
+    sink: int,
+    seed: int = 0,
+    families: tuple[str, ...] = CALIBRATION,
+) -> Profile:
+    """:func:`profile`, remembered on disk per (model source, dtype, lengths, prompts, sink, seed, families)."""
     from longreach.models import cache_dir
 
-    text = f"{loaded.source}|{loaded.dtype}|{lengths}|{count}|{sink}|{seed}|v1"
+    text = f"{loaded.source}|{loaded.dtype}|{lengths}|{count}|{sink}|{seed}|{families}|v2"
     path = cache_dir() / "moa" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         stored = torch.load(path)
         return Profile(stored["distance"], stored["sink"], stored["prompts"])
-    result = profile(loaded, lengths, count, sink, seed)
+    result = profile(loaded, lengths, count, sink, seed, families)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"distance": result.distance, "sink": result.sink, "prompts": result.prompts}, path)
     return result
@@ -204,12 +223,13 @@ def make_plan(
     sink: int = 64,
     seed: int = 0,
     profiled: Profile | None = None,
+    families: tuple[str, ...] = CALIBRATION,
 ) -> MoAPlan:
     """Profile ``loaded`` at ``lengths`` (``count`` prompts each) and choose one rule per (layer, KV head) so the
     cache keeps at most ``keep`` of its tokens on average at every length in ``targets``."""
     require(0.0 < keep <= 1.0, f"moa plan: keep must be in (0, 1]; got {keep}")
     require(bool(targets), "moa plan: give at least one target length")
-    profiled = profiled or cached_profile(loaded, lengths, count, sink, seed)
+    profiled = profiled or cached_profile(loaded, lengths, count, sink, seed, families)
     first = next(iter(profiled.distance.values()))
     layers, kv_heads = first.shape[:2]
     rules = [(a, b) for a in ALPHAS for b in BETAS]
@@ -248,6 +268,7 @@ def make_plan(
         "targets": list(targets),
         "profile_lengths": list(profiled.distance),
         "prompts_per_length": profiled.prompts,
+        "calibration": list(families),
         "kept_fraction": {str(t): round(plan.kept_fraction(t), 4) for t in targets},
         "predicted_loss": chosen_loss,
         "search": "lagrangian greedy per KV head over alpha x beta rules",
