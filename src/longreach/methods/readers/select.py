@@ -129,24 +129,18 @@ class Select(ReaderMethod):
             return bm25_scores([cut.text(i) for i in candidates], query)
         if self.retriever == "embed":
             return self._embedding_scores(cut, candidates, query)
-        return self._attention_scores(engine, inner, cut, special, sink, candidates)
+        return self._attention_scores(engine, inner, cut, special + cut.ids(sink), candidates)
 
     def _embedding_scores(self, cut: Cut, candidates: list[int], query: str) -> np.ndarray:
         passages = embed_passages(cut, candidates, self.situated, self.context_window, self.window, self.extend)
         return cosine_scores(passages, embedder().embed([query], self.window, self.extend)[0])
 
     def _attention_scores(
-        self,
-        engine: ReadingEngine,
-        inner: MethodStack,
-        cut: Cut,
-        special: list[int],
-        sink: list[int],
-        candidates: list[int],
+        self, engine: ReadingEngine, inner: MethodStack, cut: Cut, prefix: list[int], candidates: list[int]
     ) -> np.ndarray:
+        """The candidates' attention scores, each chunk read after ``prefix`` (special tokens + the sink's ids)."""
         layers = len(adapter.attention_modules(engine.loaded.model))
         layer = layers // 2 if self.layer is None else self.layer
-        prefix = special + cut.ids(sink)
         best = {i: float("-inf") for i in candidates}
         for group in _groups(cut.units, candidates, self.chunk):
             context = cut.ids(group)
