@@ -55,25 +55,33 @@ def curves(
     """Mean score vs length, one line per row (``lines``: row -> [(length, score)]), with the threshold and the
     native window marked."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    lengths = _length_lines(ax, lines)
+    ax.set_ylim(-0.05, 1.05)
+    ax.axhline(threshold, color="gray", linestyle=":", linewidth=1, label=f"threshold {threshold:g}")
+    _mark_native(ax, native, max(lengths, default=0))
+    return _finish(fig, ax, task, "mean score", path)
+
+
+def perplexity_curves(lines: dict[str, list[tuple[int, float]]], task: str, native: int | None, path: Path) -> Path:
+    """Perplexity vs length, one line per row (``lines``: row -> [(length, perplexity)]), log scales."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.set_yscale("log")
+    lengths = _length_lines(ax, lines)
+    _mark_native(ax, native, max(lengths, default=0))
+    return _finish(fig, ax, task, "perplexity (lower is better)", path)
+
+
+def _length_lines(ax: plt.Axes, lines: dict[str, list[tuple[int, float]]]) -> list[int]:
+    """One line per row (row -> [(length, y)]) over a log2 context-length axis ticked at each length; the lengths.
+    Minor ticks go off on both axes, so a y scale must be set before."""
     for row, line in lines.items():
         ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=row)
     lengths = sorted({x for line in lines.values() for x, _ in line})
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
     ax.minorticks_off()
-    ax.set_ylim(-0.05, 1.05)
-    ax.axhline(threshold, color="gray", linestyle=":", linewidth=1, label=f"threshold {threshold:g}")
-    if native and lengths and native <= max(lengths):
-        ax.axvline(native, color="gray", linestyle="--", linewidth=1, label=f"native window {tokens_label(native)}")
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("mean score")
-    ax.set_title(task, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return lengths
 
 
 def _mark_native(ax: plt.Axes, native: int | None, top: int) -> None:
@@ -81,20 +89,10 @@ def _mark_native(ax: plt.Axes, native: int | None, top: int) -> None:
         ax.axvline(native, color="gray", linestyle="--", linewidth=1, label=f"native window {tokens_label(native)}")
 
 
-def perplexity_curves(lines: dict[str, list[tuple[int, float]]], task: str, native: int | None, path: Path) -> Path:
-    """Perplexity vs length, one line per row (``lines``: row -> [(length, perplexity)]), log scales."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for row, line in lines.items():
-        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=row)
-    lengths = sorted({x for line in lines.values() for x, _ in line})
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
-    ax.minorticks_off()
-    _mark_native(ax, native, max(lengths, default=0))
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title(task, fontsize=10)
+def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path) -> Path:
+    """Label, grid and legend a line plot, then write it to ``path`` and free the figure."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -116,14 +114,7 @@ def loss_by_position(
         ax.plot(starts, values, marker=".", label=row)
     _mark_native(ax, native, top)
     ax.set_xlabel(f"token position (buckets of {bucket})")
-    ax.set_ylabel("mean next-token loss (nats)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, title, "mean next-token loss (nats)", path)
 
 
 def taxonomy(grid: dict[str, dict[tuple[str, str], tuple[float, int]]], path: Path) -> Path:

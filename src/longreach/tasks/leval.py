@@ -24,36 +24,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from longreach.tasks import metrics
 from longreach.tasks.base import Sample, register_family
 from longreach.tasks.released import ANY, TEXT, TEXTS, Instance, ReleasedTask, Source, find_file, read_rows
 
-CLOSED = ("coursera", "gsm100", "quality", "tpo", "topic_retrieval_longchat", "sci_fi", "codeU")
-OPEN = (
-    "financial_qa",
-    "gov_report_summ",
-    "legal_contract_qa",
-    "meeting_summ",
-    "multidoc_qa",
-    "narrative_qa",
-    "natural_question",
-    "news_summ",
-    "paper_assistant",
-    "patent_summ",
-    "review_summ",
-    "scientific_qa",
-    "tv_show_summ",
-)
-Subset = Literal[
-    "coursera",
-    "gsm100",
-    "quality",
-    "tpo",
-    "topic_retrieval_longchat",
-    "sci_fi",
-    "codeU",
+Closed = Literal["coursera", "gsm100", "quality", "tpo", "topic_retrieval_longchat", "sci_fi", "codeU"]
+Open = Literal[
     "financial_qa",
     "gov_report_summ",
     "legal_contract_qa",
@@ -68,6 +46,8 @@ Subset = Literal[
     "scientific_qa",
     "tv_show_summ",
 ]
+Subset = Literal[Closed, Open]
+CLOSED = get_args(Closed)
 SOURCE = Source("L-Eval", "https://github.com/OpenLMLab/LEval/tree/main/LEval-data")
 SCHEMA = (("input", TEXT), ("instructions", TEXTS), ("outputs", TEXTS), ("source", ANY), ("evaluation", TEXT))
 _SCORED = ("exam", "f1", "rouge")

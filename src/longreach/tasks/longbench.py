@@ -25,14 +25,14 @@ from longreach.tasks import metrics
 from longreach.tasks.base import Sample, register_family
 from longreach.tasks.released import (
     ANY,
+    LONGBENCH_FIELDS,
     TEXT,
-    TEXTS,
     Instance,
     ReleasedTask,
     Source,
     find_file,
     read_rows,
-    split_template,
+    templated,
 )
 
 Metric = Callable[[str, str, list[str]], float]
@@ -71,16 +71,7 @@ def _load_subsets() -> dict[str, _Subset]:
 
 SUBSETS = _load_subsets()
 _FIRST_LINE = ("trec", "triviaqa", "samsum")
-SCHEMA = (
-    ("input", TEXT),
-    ("context", TEXT),
-    ("answers", TEXTS),
-    ("length", ANY),
-    ("dataset", TEXT),
-    ("language", TEXT),
-    ("all_classes", ANY),
-    ("_id", TEXT),
-)
+SCHEMA = (*LONGBENCH_FIELDS, ("all_classes", ANY), ("_id", TEXT))
 SOURCE = Source("LongBench", "https://huggingface.co/datasets/THUDM/LongBench/resolve/main/data.zip")
 Subset = Literal[
     "narrativeqa",
@@ -156,8 +147,7 @@ def _instances(subset: str, data: str, max_new_tokens: int) -> tuple[Instance, .
 
 
 def _instance(row: dict, config: _Subset, max_new_tokens: int, subset: str) -> Instance:
-    context, question = split_template(config.template, row["context"], input=row["input"])
     meta = {"id": row["_id"], "length": row["length"], "all_classes": row["all_classes"]}
     if subset.endswith("_e") and isinstance(row["length"], int):
         meta["length_bucket"] = length_bucket(row["length"])
-    return Instance(context, question, tuple(row["answers"]), max_new_tokens, meta=meta)
+    return templated(row, config.template, max_new_tokens, meta)

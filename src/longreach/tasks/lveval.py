@@ -19,16 +19,14 @@ from typing import ClassVar, Literal
 from longreach.tasks import metrics
 from longreach.tasks.base import Sample, register_family
 from longreach.tasks.released import (
-    ANY,
+    LONGBENCH_FIELDS,
     OPTIONAL_TEXT,
-    TEXT,
-    TEXTS,
     Instance,
     ReleasedTask,
     Source,
     find_file,
     read_rows,
-    split_template,
+    templated,
 )
 
 _MIXUP = (
@@ -57,15 +55,7 @@ PROMPTS = {
 }
 MAX_NEW_TOKENS = {name: 16 if name == "factrecall_en" else 64 for name in PROMPTS}
 SOURCE = Source("LV-Eval", "https://huggingface.co/datasets/Infinigence/LVEval (one SUBSET.zip per subset)")
-SCHEMA = (
-    ("input", TEXT),
-    ("context", TEXT),
-    ("answers", TEXTS),
-    ("length", ANY),
-    ("dataset", TEXT),
-    ("language", TEXT),
-    ("answer_keywords", OPTIONAL_TEXT),
-)
+SCHEMA = (*LONGBENCH_FIELDS, ("answer_keywords", OPTIONAL_TEXT))
 Subset = Literal[
     "hotpotwikiqa_mixup",
     "loogle_SD_mixup",
@@ -109,6 +99,5 @@ def _instances(subset: str, level: str, data: str, max_new_tokens: int) -> tuple
 
 def _instance(row: dict, subset: str, max_new_tokens: int) -> Instance:
     keywords = row.get("answer_keywords")
-    context, question = split_template(PROMPTS[subset], row["context"], input=row["input"])
     meta = {"length": row["length"], "answer_keywords": keywords, "confusing_facts": row.get("confusing_facts")}
-    return Instance(context, question, tuple(row["answers"]), max_new_tokens, meta=meta)
+    return templated(row, PROMPTS[subset], max_new_tokens, meta)

@@ -44,6 +44,15 @@ TEXTS = Kind("a non-empty list of strings", lambda v: isinstance(v, list) and bo
 LIST = Kind("a list", lambda v: isinstance(v, list))
 ANY = Kind("present", lambda v: True)
 OPTIONAL_TEXT = Kind("a string or null", lambda v: v is None or isinstance(v, str), optional=True)
+# The fields of LongBench's released rows, which LV-Eval's rows share (each adds its own after them).
+LONGBENCH_FIELDS = (
+    ("input", TEXT),
+    ("context", TEXT),
+    ("answers", TEXTS),
+    ("length", ANY),
+    ("dataset", TEXT),
+    ("language", TEXT),
+)
 
 
 @dataclass(frozen=True)
@@ -190,8 +199,10 @@ class ReleasedTask(Task):
         return sample.answers[0]
 
 
-def split_template(template: str, document: str, **fields: str) -> tuple[str, str]:
-    """A benchmark's prompt template ``...{context}...`` filled in, as (context part, question part): the text
-    up to and including the document, and the rest (the question)."""
+def templated(row: dict, template: str, max_new_tokens: int, meta: dict[str, Any]) -> Instance:
+    """The instance of a row in LongBench's format (:data:`LONGBENCH_FIELDS`) under a benchmark's prompt template
+    ``...{context}...{input}...``: the context part is the text up to and including the document, the question
+    part the rest."""
     head, tail = template.split("{context}", 1)
-    return head.format(**fields) + document, tail.format(**fields)
+    context, question = head.format(input=row["input"]) + row["context"], tail.format(input=row["input"])
+    return Instance(context, question, tuple(row["answers"]), max_new_tokens, meta=meta)

@@ -1,7 +1,5 @@
-"""The KIVI storage shared by ``quantized`` and the evicting methods' ``bits`` knob.
-
-int8 / int4 KV cache (KIVI layout: Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
-Quantization for KV Cache", arXiv 2402.02750).
+"""The int8 / int4 KV storage in KIVI's layout (arXiv 2402.02750), shared by ``quantized`` and the evicting
+methods' ``bits`` knob.
 
 Keys are quantized per channel (one scale and zero point per channel for every ``group`` tokens: key outliers
 live in fixed channels), values per token (one scale and zero point per token and head). The newest tokens,

@@ -74,7 +74,8 @@ class CacheMethod(Method):
 
 @dataclass(frozen=True)
 class EvictingMethod(CacheMethod):
-    """A cache method that keeps a subset of the cached tokens per KV head, chosen by :meth:`scores`."""
+    """A cache method that keeps a subset of the cached tokens per KV head, chosen by :meth:`scores` (and
+    :meth:`choose`, which takes each head's best)."""
 
     compression_ratio: float = field(
         default=0.0, metadata={"help": "fraction of the prefilled tokens removed (0: keep all)"}
@@ -117,7 +118,10 @@ class EvictingMethod(CacheMethod):
         kept = self.kept(n, observed.layer, n_layers)
         if kept >= n:
             return None
-        scores = self.scores(observed, keys, values)
+        return self.choose(self.scores(observed, keys, values), kept)
+
+    def choose(self, scores: torch.Tensor, kept: int) -> torch.Tensor:
+        """Ascending indices (b, k, kept) of the tokens kept, from their scores (b, k, n): each head's top ``kept``."""
         return scores.topk(kept, dim=-1).indices.sort(dim=-1).values
 
     def compress_layer(self, observed: adapter.LayerInput, cache: object, n_layers: int) -> None:

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from longreach.methods.cache.snapkv import SnapKV
 from longreach.methods.spec import register
-from longreach.models import adapter
 from longreach.params import require
 
 
@@ -62,11 +61,5 @@ class ChunkKV(SnapKV):
         super().__post_init__()
         require(self.chunk >= 1, f"chunkkv: chunk must be >= 1 token; got {self.chunk}")
 
-    def select(
-        self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor, n_layers: int
-    ) -> torch.Tensor | None:
-        n = keys.shape[2]
-        kept = self.kept(n, observed.layer, n_layers)
-        if kept >= n:
-            return None
-        return chunk_selection(self.scores(observed, keys, values), kept, self.chunk)
+    def choose(self, scores: torch.Tensor, kept: int) -> torch.Tensor:
+        return chunk_selection(scores, kept, self.chunk)

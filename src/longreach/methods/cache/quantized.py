@@ -1,17 +1,9 @@
 """``quantized``: int8 / int4 KV cache (KIVI layout: Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
 Quantization for KV Cache", arXiv 2402.02750).
 
-Keys are quantized per channel (one scale and zero point per channel for every ``group`` tokens: key outliers
-live in fixed channels), values per token (one scale and zero point per token and head). The newest tokens,
-fewer than ``group``, stay in the model's dtype until a group fills. Asymmetric min/max quantization:
-``code = round((x - min) / scale)``, ``scale = (max - min) / (2^bits - 1)``, so a value is off by at most
-``scale / 2``. Codes are stored as uint8 (int4: two codes a byte), scales and zero points in the model dtype,
-so the physical bytes per token and channel are 1 (int8) or 0.5 (int4) plus 2 x itemsize / ``group``
-(keys) and 2 x itemsize / d (values). Attention dequantizes the stored tokens at every step (memory for
-compute: decoding is slower than with a float cache).
-
-Shapes: keys/values (b, k, n, d); key codes (b, k, nq, d / p), key scale/zero (b, k, nq / group, d);
-value codes (b, k, nq, d / p), value scale/zero (b, k, nq, 1); p = 8 / bits codes per byte; nq quantized tokens.
+The method stores each layer's keys/values (b, k, n, d) in :class:`QuantizedStorage`; the layout (keys per
+channel, values per token, the newest tokens in float), its error bound, physical bytes and tensor shapes are
+described in :mod:`longreach.methods.cache._kivi`.
 """
 
 from __future__ import annotations

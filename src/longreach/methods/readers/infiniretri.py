@@ -29,6 +29,7 @@ import torch
 from longreach.generation import Generation, Request
 from longreach.methods.readers.base import ReaderMethod, ReadingEngine
 from longreach.methods.readers.units import (
+    group_units,
     leading,
     phrase_scores,
     question_attention,
@@ -77,7 +78,7 @@ class InfiniRetri(ReaderMethod):
             return engine.complete(engine.encode(request.prompt), request, inner)[0]
         retained: list[int] = []
         steps, start = 0, time_now()
-        for chunk in _chunks(ids, sink, self.chunk):
+        for chunk in group_units(ids, list(range(len(sink), len(ids))), self.chunk):
             retained = self._select(engine, inner, special, ids, sink, retained + chunk, question)
             steps += 1
         prompt_ids = special + [t for i in sink + retained for t in ids[i]] + question
@@ -110,17 +111,3 @@ class InfiniRetri(ReaderMethod):
         """Per context token (c,): phrase-smoothed, question-weighted attention from the question rows."""
         probs = question_attention(engine, inner, step_ids, m, self.layer)  # (m, n)
         return phrase_scores(probs, offset, width, self.phrase)
-
-
-def _chunks(ids: list[list[int]], sink: list[int], size: int) -> list[list[int]]:
-    """Sentence indices after the sink, grouped into chunks of at most ``size`` tokens (a longer sentence
-    is a chunk of its own)."""
-    chunks: list[list[int]] = [[]]
-    used = 0
-    for i in range(len(sink), len(ids)):
-        if chunks[-1] and used + len(ids[i]) > size:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(i)
-        used += len(ids[i])
-    return [c for c in chunks if c]

@@ -41,6 +41,7 @@ from longreach.methods.readers.retrieval import Extend, bm25_scores, cosine_scor
 from longreach.methods.readers.units import (
     Cut,
     cut_units,
+    group_units,
     leading,
     phrase_scores,
     question_attention,
@@ -129,26 +130,20 @@ class Select(ReaderMethod):
             return bm25_scores([cut.text(i) for i in candidates], query)
         if self.retriever == "embed":
             return self._embedding_scores(cut, candidates, query)
-        return self._attention_scores(engine, inner, cut, special, sink, candidates)
+        return self._attention_scores(engine, inner, cut, special + cut.ids(sink), candidates)
 
     def _embedding_scores(self, cut: Cut, candidates: list[int], query: str) -> np.ndarray:
         passages = embed_passages(cut, candidates, self.situated, self.context_window, self.window, self.extend)
         return cosine_scores(passages, embedder().embed([query], self.window, self.extend)[0])
 
     def _attention_scores(
-        self,
-        engine: ReadingEngine,
-        inner: MethodStack,
-        cut: Cut,
-        special: list[int],
-        sink: list[int],
-        candidates: list[int],
+        self, engine: ReadingEngine, inner: MethodStack, cut: Cut, prefix: list[int], candidates: list[int]
     ) -> np.ndarray:
+        """The candidates' attention scores, each chunk read after ``prefix`` (special tokens + the sink's ids)."""
         layers = len(adapter.attention_modules(engine.loaded.model))
         layer = layers // 2 if self.layer is None else self.layer
-        prefix = special + cut.ids(sink)
         best = {i: float("-inf") for i in candidates}
-        for group in _groups(cut.units, candidates, self.chunk):
+        for group in group_units(cut.units, candidates, self.chunk):
             context = cut.ids(group)
             owners = torch.tensor([i for i in group for _ in cut.units[i]])
             step_ids = torch.tensor([prefix + context + cut.question])  # (1, n)
@@ -194,16 +189,3 @@ def pick(units: list[list[int]], sink: list[int], candidates: list[int], scores:
             chosen.append(i)
             used += len(units[i])
     return sorted(chosen)
-
-
-def _groups(units: list[list[int]], candidates: list[int], size: int) -> list[list[int]]:
-    """Candidate indices in consecutive groups of at most ``size`` tokens (a longer passage is a group of its own)."""
-    groups: list[list[int]] = [[]]
-    used = 0
-    for i in candidates:
-        if groups[-1] and used + len(units[i]) > size:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += len(units[i])
-    return [g for g in groups if g]

@@ -1,5 +1,5 @@
-"""What the text readers share: the prompt cut into units from ONE tokenization, the question's attention over
-a context, and a reading's total cost.
+"""What the text readers share: the prompt cut into units from ONE tokenization (and grouped into the chunks read
+step by step), the question's attention over a context, and a reading's total cost.
 
 Units are cut by token offsets: the prompt is tokenized once (no special tokens) and each context token belongs to
 the sentence that holds its last character (a word token carries its leading space), so joined again, units +
@@ -196,6 +196,20 @@ def leading(units: list[list[int]], budget: int) -> list[int]:
         chosen.append(i)
         used += len(tokens)
     return chosen
+
+
+def group_units(units: list[list[int]], indices: list[int], size: int) -> list[list[int]]:
+    """``indices`` (of ``units``) in consecutive groups of at most ``size`` tokens, in order (a longer unit is a group
+    of its own): the chunks a reader reads one step at a time."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i in indices:
+        if groups[-1] and used + len(units[i]) > size:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += len(units[i])
+    return [g for g in groups if g]
 
 
 def time_now() -> float:
