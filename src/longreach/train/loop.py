@@ -189,7 +189,7 @@ def _trainable_model(loaded: LoadedModel, recipe: Recipe, lora: LoraSpec | None,
     model = loaded.model
     recipe.prepare(model, config.length)
     if config.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora is None:
         model = model.float()
         for parameter in model.parameters():
@@ -410,8 +410,8 @@ def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str
     folder and renamed into place."""
     lm = model.merge_and_unload() if hasattr(model, "merge_and_unload") else causal_lm(model)
     lm = lm.to(DTYPES[dtype]).eval()
-    if lm.supports_gradient_checkpointing:
-        lm.gradient_checkpointing_disable()
+    if lm.is_activation_checkpointing:
+        lm.activation_checkpointing_disable()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     with quiet_transformers():  # no shard-writing progress bar
