@@ -42,7 +42,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from longreach import params
 from longreach.errors import LongreachError
 from longreach.measure import Stopwatch, peak_gpu, peak_rss, peak_rss_so_far
-from longreach.models import LoadedModel, load_model
+from longreach.models import LoadedModel, adapter, load_model
 from longreach.models.loading import DTYPES, check_device_name
 from longreach.models.sources import quiet_transformers
 from longreach.prompts import PROMPT_CHOICES
@@ -413,6 +413,10 @@ def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str
     folder and renamed into place."""
     lm = model.merge_and_unload() if hasattr(model, "merge_and_unload") else causal_lm(model)
     lm = lm.to(DTYPES[dtype]).eval()
+    try:
+        adapter.forget_dequantized_quantizer(lm)  # a GGUF model's weights are plain tensors after loading
+    except ValueError as exc:
+        raise LongreachError(f"cannot save the trained model: {exc}") from None
     if lm.is_activation_checkpointing:
         lm.activation_checkpointing_disable()
     out.parent.mkdir(parents=True, exist_ok=True)
