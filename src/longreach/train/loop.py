@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -133,7 +134,8 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     scored_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the training loop: data, steps and checkpoints
+    compute_seconds: float = 0.0  # forward, backward and optimizer steps only
     losses: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
@@ -242,6 +244,7 @@ def _run(
     """Train from ``state.step`` to ``config.steps``, checkpointing every ``save_every`` steps and at the end."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     with _progress(config, state) as (progress, bar), peak_rss() as rss, peak_gpu(config.device) as gpu:
+        last = time.perf_counter()
         while state.step < config.steps:
             batches = next(steps, None)
             if batches is None:
@@ -249,7 +252,10 @@ def _run(
             with Stopwatch() as watch:
                 loss = _step(model, recipe, batches, trainable, optimizer, scheduler, config.device, state.step)
             state.step += 1
-            state.seconds += watch.seconds
+            now = time.perf_counter()
+            state.seconds += now - last
+            state.compute_seconds += watch.seconds
+            last = now
             state.tokens += sum(b.tokens for b in batches)
             state.scored_tokens += sum(b.scored for b in batches)
             state.losses.append(loss)
@@ -443,6 +449,7 @@ def _write_record(config: TrainConfig, recipe: Recipe, loaded: LoadedModel, stat
         "tokens": state.tokens,
         "scored_tokens": state.scored_tokens,
         "train_seconds": state.seconds,
+        "compute_seconds": state.compute_seconds,
         "tokens_per_s": state.tokens / state.seconds if state.seconds else 0.0,
         "peak_rss_mb": state.peak_rss_bytes / 2**20,
         "peak_gpu_mb": state.peak_gpu_bytes / 2**20,

@@ -56,15 +56,15 @@ def causal_lm_from_state_dict(config: Any, state_dict: dict[str, torch.Tensor], 
 
 
 def forget_dequantized_quantizer(model: Any) -> None:
-    """Detach the quantizer a load left on ``model`` when its weights were dequantized on load (a GGUF file), so
-    ``save_pretrained`` writes the plain weights it holds. Raises ValueError when the weights are still quantized."""
+    """Detach the quantizer a load left on ``model`` when its weights were dequantized on load (a GGUF file without
+    GGUF matmul kernels: transformers' legacy loader, or its ``dequantize`` mode), so ``save_pretrained`` writes the
+    plain weights it holds. Raises ValueError when modules still hold packed quantized weights."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None:
         return
-    settings = quantizer.quantization_config
-    if not getattr(settings, "dequantize", False):
-        method = getattr(settings, "quant_method", "?")
-        raise ValueError(f"its weights are quantized ({getattr(method, 'value', method)}), not plain tensors")
+    if getattr(quantizer, "packed_modules", None) or any(not p.is_floating_point() for p in model.parameters()):
+        method = getattr(quantizer.quantization_config, "quant_method", "?")
+        raise ValueError(f"its weights are packed {getattr(method, 'value', method)} blocks, not plain tensors")
     model.hf_quantizer = None
     for config in {id(model.config): model.config, id(text_config(model.config)): text_config(model.config)}.values():
         if hasattr(config, "quantization_config"):
