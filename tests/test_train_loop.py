@@ -142,6 +142,7 @@ def test_bad_settings_fail_in_one_line_before_loading(tmp_path):
         ({"length": 1}, "--length must be >= 2"),
         ({"device": "gpu"}, "unknown device"),
         ({"model": "no-such-model"}, "unknown model"),
+        ({"data": "tasks:bio_multi"}, "task bio_multi does not fit 128 tokens"),  # found before the weights load
     ]:
         with pytest.raises(LongreachError, match=message):
             train(config(tmp_path, **changes))

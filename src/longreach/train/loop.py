@@ -23,6 +23,7 @@ length, seed), so the resumed run reads exactly the batches the uninterrupted on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from longreach import params
 from longreach.errors import LongreachError
 from longreach.measure import Stopwatch, peak_gpu, peak_rss, peak_rss_so_far
-from longreach.models import LoadedModel, adapter, load_model
+from longreach.models import LoadedModel, adapter, load_model, load_tokenizer, resolve
 from longreach.models.loading import DTYPES, check_device_name
 from longreach.models.sources import quiet_transformers
 from longreach.prompts import PROMPT_CHOICES
@@ -161,6 +162,8 @@ def train(config: TrainConfig) -> TrainSummary:
     ``OUT/train.json``. Bad settings fail before the model loads."""
     recipe, lora = config.validate()
     checkpoint = _checkpoint_to_resume(config)
+    done = json.loads((checkpoint / "state.json").read_text())["state"]["step"] if checkpoint else 0
+    steps = _steps(recipe, load_tokenizer(resolve(config.model)), config, done)  # data problems show before loading
     loaded = load_model(config.model, config.dtype, config.device)
     model = _trainable_model(loaded, recipe, lora, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -169,9 +172,6 @@ def train(config: TrainConfig) -> TrainSummary:
     )
     scheduler = _schedule(optimizer, config.steps)
     state = _restore(checkpoint, model, optimizer, scheduler, config) if checkpoint else TrainState()
-    steps = _steps(recipe, loaded.tokenizer, config)
-    for _ in range(state.step):  # the steps the checkpoint covers: read, not trained
-        next(steps)
     _run(model, recipe, steps, optimizer, scheduler, state, config)
     model_dir = save_model(model, loaded.tokenizer, recipe, config.out / MODEL_DIR, config.dtype)
     _write_record(config, recipe, loaded, state, model_dir)
@@ -224,12 +224,22 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
     )
 
 
-def _steps(recipe: Recipe, tokenizer: Any, config: TrainConfig) -> Iterator[list[TrainBatch]]:
-    """The run's optimizer steps: deterministic in (data, tokenizer, length, seed, recipe)."""
+def _steps(recipe: Recipe, tokenizer: Any, config: TrainConfig, done: int) -> Iterator[list[TrainBatch]]:
+    """The run's optimizer steps after the first ``done`` (read, not trained: a resumed run continues its data
+    order, which is deterministic in data, tokenizer, length, seed and recipe). The next step is built here, so a
+    source that cannot produce one fails now."""
     documents = open_documents(
         config.data, tokenizer, config.length, config.seed, mix=recipe.mix(), prompt=config.prompt
     )
-    return iter(recipe.steps(documents, config.length, config.batch_tokens, np.random.default_rng(config.seed)))
+    steps = iter(recipe.steps(documents, config.length, config.batch_tokens, np.random.default_rng(config.seed)))
+    for _ in range(done):
+        next(steps)
+    if done >= config.steps:
+        return steps
+    first = next(steps, None)
+    if first is None:
+        raise LongreachError(f"--data {config.data} gives no training step at --length {config.length}")
+    return itertools.chain([first], steps)
 
 
 def _run(
