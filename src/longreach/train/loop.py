@@ -162,16 +162,16 @@ def train(config: TrainConfig) -> TrainSummary:
     ``OUT/train.json``. Bad settings fail before the model loads."""
     recipe, lora = config.validate()
     checkpoint = _checkpoint_to_resume(config)
-    done = json.loads((checkpoint / "state.json").read_text())["state"]["step"] if checkpoint else 0
-    steps = _steps(recipe, load_tokenizer(resolve(config.model)), config, done)  # data problems show before loading
+    _check_data(recipe, load_tokenizer(resolve(config.model)), config)  # in seconds, before the weights load
     loaded = load_model(config.model, config.dtype, config.device)
-    model = _trainable_model(loaded, recipe, lora, config)
+    model = _trainable_model(loaded, recipe, lora, config)  # recipe.prepare runs before any batch is built
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0 if lora else 0.1
     )
     scheduler = _schedule(optimizer, config.steps)
     state = _restore(checkpoint, model, optimizer, scheduler, config) if checkpoint else TrainState()
+    steps = _steps(recipe, loaded.tokenizer, config, state.step)
     _run(model, recipe, steps, optimizer, scheduler, state, config)
     model_dir = save_model(model, loaded.tokenizer, recipe, config.out / MODEL_DIR, config.dtype)
     _write_record(config, recipe, loaded, state, model_dir)
@@ -224,10 +224,18 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
     )
 
 
+def _check_data(recipe: Recipe, tokenizer: Any, config: TrainConfig) -> None:
+    """Build the first document of every source (a task that does not fit the length fails here, one line)."""
+    documents = open_documents(
+        config.data, tokenizer, config.length, config.seed, mix=recipe.mix(), prompt=config.prompt
+    )
+    for _ in parse_data(config.data):
+        next(documents)
+
+
 def _steps(recipe: Recipe, tokenizer: Any, config: TrainConfig, done: int) -> Iterator[list[TrainBatch]]:
     """The run's optimizer steps after the first ``done`` (read, not trained: a resumed run continues its data
-    order, which is deterministic in data, tokenizer, length, seed and recipe). The next step is built here, so a
-    source that cannot produce one fails now."""
+    order, which is deterministic in data, tokenizer, length, seed and recipe); call after ``recipe.prepare``."""
     documents = open_documents(
         config.data, tokenizer, config.length, config.seed, mix=recipe.mix(), prompt=config.prompt
     )

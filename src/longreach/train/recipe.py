@@ -278,7 +278,9 @@ class Recipe:
         ``length`` is the training length. The default changes nothing."""
 
     def batches(self, documents: Iterator[Document], length: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
-        """Forward-pass batches from the document stream; the default is concat-and-chunk (:func:`pack`)."""
+        """Forward-pass batches from the document stream; the default is concat-and-chunk (:func:`pack`).
+        Randomness comes from ``rng`` only (never torch's global RNG): a resumed run replays this stream to skip
+        what its checkpoint covers, and must draw the same batches."""
         return pack(documents, length, rng, masked=False)
 
     def steps(
