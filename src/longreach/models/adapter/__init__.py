@@ -32,6 +32,7 @@ from longreach.models.adapter.cache import (
 )
 from longreach.models.adapter.config import (
     causal_lm_from_state_dict,
+    forget_dequantized_quantizer,
     hard_max_length,
     kv_bytes_per_token,
     native_context_length,
@@ -53,6 +54,7 @@ from longreach.models.adapter.rope import (
     rope_parameters,
     rotary_module,
     rotate_half,
+    set_rope_parameters,
     with_rope_parameters,
 )
 
@@ -71,6 +73,7 @@ __all__ = [
     "clone_cache",
     "crop_cache",
     "empty_cache",
+    "forget_dequantized_quantizer",
     "forward",
     "forward_rows",
     "forward_with_grad",
@@ -92,6 +95,7 @@ __all__ = [
     "rope_parameters",
     "rotary_module",
     "rotate_half",
+    "set_rope_parameters",
     "select_rows",
     "set_layer",
     "set_layer_kv",
