@@ -53,6 +53,7 @@ from longreach.models.adapter.rope import (
     rope_parameters,
     rotary_module,
     rotate_half,
+    set_rope_parameters,
     with_rope_parameters,
 )
 
@@ -92,6 +93,7 @@ __all__ = [
     "rope_parameters",
     "rotary_module",
     "rotate_half",
+    "set_rope_parameters",
     "select_rows",
     "set_layer",
     "set_layer_kv",
