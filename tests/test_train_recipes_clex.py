@@ -15,7 +15,7 @@ from longreach.methods.positions.clex import FILE_NAME, ClexOde
 from longreach.models import adapter, load_model
 from longreach.models.tiny import TINY_WINDOW
 from longreach.train.recipe import Document, causal_lm_loss, recipe_from_spec
-from longreach.train.recipes.clex import SCALE, clex_positions
+from longreach.train.recipes.clex import SCALE, clex_positions, ode_of
 
 
 @pytest.mark.parametrize("t", [2, 3, 4])
@@ -54,7 +54,7 @@ def test_a_training_step_updates_the_ode_and_finish_saves_what_the_method_reads(
     model = load_model("tiny-llama", "fp32").model
     recipe = recipe_from_spec("clex:max_factor=4")
     recipe.prepare(model, 64)
-    ode = recipe.ode()
+    ode = ode_of(model)
     assert torch.count_nonzero(ode.down) == 0
     rng = np.random.default_rng(0)
     docs = [Document(tuple(int(t) for t in rng.integers(5, 1000, 64))) for _ in range(8)]

@@ -65,6 +65,11 @@ class ClexOde(torch.nn.Module):
         self.down = torch.nn.Parameter(torch.zeros(param_factor * dim, dim // 2, dtype=torch.float32))
         torch.nn.init.kaiming_uniform_(self.up, a=math.sqrt(5))
 
+    def _apply(self, fn: Any, recurse: bool = True) -> ClexOde:
+        """Casts of a model holding the ODE move it, never round it: it stays float32 (like RoPE frequencies)."""
+        device = fn(torch.zeros((), dtype=torch.float32, device=self.up.device)).device
+        return super()._apply(lambda tensor: tensor.to(device=device), recurse)
+
     def log_ntk(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log xi_t, d/dt log xi_t), each (d/2,), for alpha = 2t - 1."""
         pair = torch.arange(0, self.dim, 2, dtype=torch.float32, device=self.up.device)  # 2i

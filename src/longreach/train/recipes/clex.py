@@ -10,8 +10,9 @@ p   = sorted t distinct integers of [0, t tau),    position_ids (b, t)
 theta(tau) = exp z(tau), z from the ODE            (d/2,), see :mod:`longreach.methods.positions.clex`
 angles = p * theta(tau) / s                        positions spread over tau windows, frequencies for tau
 ```
-``prepare`` adds the ODE (W_up (d/2, h), W_down (h, d/2), W_down = 0 so training starts from NTK scaling
-with alpha = 2 tau - 1); the loop trains it with LoRA (``trainable``); gradients flow through the RK4 solve.
+``prepare`` adds the ODE to the model as ``clex_ode`` (W_up (d/2, h), W_down (h, d/2), float32 whatever the model
+dtype; W_down = 0, so training starts from NTK scaling with alpha = 2 tau - 1); the loop trains it with LoRA
+(``trainable``), gradients flowing through the RK4 solve; ``save_pretrained`` leaves it out of the weights.
 At tau = 1 the frequencies are the model's own and the positions plain. ``finish`` writes
 ``clex.safetensors`` into the model folder, where the ``clex`` position method finds it:
 ``longreach eval --model DIR --method clex`` (tau = l / L for the length l read).
@@ -35,6 +36,15 @@ from longreach.params import require
 from longreach.train.recipe import Document, Recipe, TrainBatch, causal_lm, causal_lm_loss, pack, register_recipe
 
 SCALE = "clex_scale"  # extras key: the batch's sampled scale tau, a () float tensor
+ATTRIBUTE = "clex_ode"  # the ODE's name on the causal LM
+
+
+def ode_of(model: Any) -> ClexOde:
+    """The ODE ``prepare`` added to ``model`` (a peft wrapper or the causal LM)."""
+    ode = getattr(causal_lm(model), ATTRIBUTE, None)
+    if ode is None:
+        raise LongreachError("clex: the ODE is added by prepare(model, length); call it first")
+    return ode
 
 
 def clex_positions(length: int, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,7 +88,6 @@ class Clex(Recipe):
     param_factor: int = field(default=1, metadata={"help": "ODE hidden width h = param_factor x d"})
     act: Literal["tanh", "silu"] = field(default="tanh", metadata={"help": "ODE activation"})
     step: float = field(default=0.01, metadata={"help": "RK4 step in tau"})
-    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "clex"
     summary: ClassVar[str] = "CLEX: per-frequency RoPE scaling learned as a neural ODE; eval with --method clex"
@@ -90,18 +99,15 @@ class Clex(Recipe):
         require(self.param_factor >= 1, f"clex: param_factor must be >= 1; got {self.param_factor}")
         require(0 < self.step <= 1, f"clex: step must be in (0, 1]; got {self.step:g}")
 
-    def ode(self) -> ClexOde:
-        if "ode" not in self._state:
-            raise LongreachError("clex: the ODE is created by prepare(model, length); call it first")
-        return self._state["ode"]
-
     def prepare(self, model: Any, length: int) -> None:
-        self._state["ode"] = new_ode(
+        lm = causal_lm(model)
+        lm.clex_ode = new_ode(
             model, param_factor=self.param_factor, act=self.act, max_factor=self.max_factor, step=self.step
-        )
+        )  # a submodule, so the loop optimises and checkpoints it; save_pretrained leaves it out (finish writes it)
+        lm._keys_to_ignore_on_save = set(lm._keys_to_ignore_on_save or ()) | {f"{ATTRIBUTE}.up", f"{ATTRIBUTE}.down"}
 
     def trainable(self, model: Any) -> list[torch.nn.Parameter]:
-        return list(self.ode().parameters())
+        return list(ode_of(model).parameters())
 
     def batches(self, documents: Iterator[Document], length: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
         for row in pack(documents, length, rng, masked=False):
@@ -112,8 +118,7 @@ class Clex(Recipe):
             yield row
 
     def loss(self, model: Any, batch: TrainBatch) -> torch.Tensor:
-        ode = self.ode()
-        lm = causal_lm(model)
+        ode, lm = ode_of(model), causal_lm(model)
         windows = max(1, batch.input_ids.shape[1] // ode.native)
         inv_freq = ode.inv_freq(float(batch.extras[SCALE])) / windows  # (d/2,), differentiable in the ODE
 
@@ -124,4 +129,4 @@ class Clex(Recipe):
             return causal_lm_loss(model, batch)
 
     def finish(self, model: Any, out: Path) -> None:
-        self.ode().save(out / FILE_NAME)
+        ode_of(model).save(out / FILE_NAME)

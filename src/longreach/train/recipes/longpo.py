@@ -49,6 +49,20 @@ def dpo_loss(
     return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
 
 
+def longpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    lam: float,
+    answer: int,
+) -> torch.Tensor:
+    """The DPO term on the short-to-long log-ratios plus lambda times the chosen answer's per-token NLL given x_L;
+    policy log-probs are given x_L, reference ones given x_S (b,) -> ()."""
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta) + lam * (-chosen / answer).mean()
+
+
 def answer_logps(model: Any, context: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """Summed log-probs (b,) of ``answers`` (b, a) after ``context`` (1, c), one forward of (b, c + a)."""
     from trl.trainer.utils import selective_log_softmax
@@ -158,5 +172,5 @@ class LongPO(Recipe):
     def loss(self, model: Any, batch: TrainBatch) -> torch.Tensor:
         pair = self.pair(model, batch)
         policy = answer_logps(model, batch.input_ids, torch.cat([pair["chosen"], pair["rejected"]]))
-        preference = dpo_loss(policy[:1], policy[1:], pair["ref_chosen"], pair["ref_rejected"], self.beta)
-        return preference + self.lam * (-policy[0] / self.answer)
+        return longpo_loss(policy[:1], policy[1:], pair["ref_chosen"], pair["ref_rejected"], self.beta, self.lam,
+                           self.answer)  # fmt: skip
