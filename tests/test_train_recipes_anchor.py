@@ -89,3 +89,19 @@ def test_bf16_rope_drifts_at_long_positions_and_prepare_restores_the_float32_ref
 def test_the_anchor_comes_from_prepare_unless_given():
     with pytest.raises(Exception, match="prepare"):
         list(recipe_from_spec("anchor").batches(iter(DOCS), 32, np.random.default_rng(0)))
+
+
+def test_one_step_through_the_training_loop_in_bf16_and_the_folder_stacks_a_position_method(tmp_path):
+    from longreach.methods import parse_stack
+    from longreach.models import load_model
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig(
+        "tiny-llama", "anchor", "tasks:passkey", 128, 1, tmp_path / "run", batch_tokens=256, quiet=True
+    )
+    summary = train(config)  # LoRA r=16 over bf16 weights, the loop's defaults
+    assert summary.steps == 1 and summary.tokens == 256 and np.isfinite(summary.final_loss)
+    loaded = load_model(str(summary.model_dir), "fp32")
+    ids = torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), parse_stack("yarn:factor=2").applied(loaded):
+        assert torch.isfinite(loaded.model(ids).logits).all()

@@ -96,3 +96,27 @@ def test_the_method_without_parameters_fails_in_one_line(tiny):
             pass
     with pytest.raises(LongreachError, match="not both"):
         parse_stack("clex:path=x:untrained=true")
+
+
+def test_steps_through_the_training_loop_train_and_save_the_ode(tmp_path):
+    """The loop optimises and checkpoints the ODE with LoRA; the folder carries it outside the weights; eval reads
+    with it. (Three steps: the first has learning rate 0 (warmup), the second samples tau = 1, where the ODE is
+    not read, the third tau = 4.)"""
+    from safetensors import safe_open
+
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig("tiny-llama", "clex:max_factor=4", "tasks:passkey", 128, 3, tmp_path / "run",
+                         batch_tokens=128, quiet=True)  # fmt: skip
+    summary = train(config)
+    assert summary.steps == 3 and np.isfinite(summary.final_loss)
+    with safe_open(str(summary.model_dir / "model.safetensors"), framework="pt") as weights:
+        assert not [k for k in weights.keys() if "clex" in k], "the ODE is not part of the transformers weights"
+    trained = ClexOde.load(summary.model_dir / FILE_NAME)
+    assert trained.down.dtype == torch.float32 and torch.count_nonzero(trained.down) > 0, "the loop trained the ODE"
+    checkpoint = torch.load(next((tmp_path / "run" / "checkpoints").iterdir()) / "trainable.pt")
+    assert any(name.endswith("clex_ode.down") for name in checkpoint), "checkpoints hold the ODE for --resume"
+    loaded = load_model(str(summary.model_dir), "fp32")
+    ids = torch.randint(5, 1000, (1, 3 * TINY_WINDOW), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), parse_stack("clex").applied(loaded):
+        assert torch.isfinite(loaded.model(ids).logits).all()

@@ -63,3 +63,18 @@ def test_finish_records_the_training_length_and_scales(tmp_path, tiny):
     recipe.finish(tiny.model, tmp_path)
     note = json.loads((tmp_path / "e2.json").read_text())
     assert note["train_length"] == LENGTH and note["scales"] == [1, 2, 3]
+
+
+def test_one_step_through_the_training_loop_and_eval_reads_with_linear_g(tmp_path):
+    from longreach.models import load_model
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig("tiny-llama", "e2:max_scale=4", "tasks:passkey", 128, 1, tmp_path / "run", batch_tokens=128,
+                         dtype="fp32", quiet=True)  # fmt: skip
+    summary = train(config)
+    assert summary.steps == 1 and np.isfinite(summary.final_loss)
+    assert json.loads((summary.model_dir / "e2.json").read_text())["train_length"] == 128
+    loaded = load_model(str(summary.model_dir), "fp32")
+    ids = torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), parse_stack("linear:factor=4").applied(loaded):
+        assert torch.isfinite(loaded.model(ids).logits).all()

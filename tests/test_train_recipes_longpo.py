@@ -93,3 +93,13 @@ def test_a_step_without_lora_uses_the_frozen_copy_and_moves_the_policy(tiny):
         moved = answer_logps(model, batch.input_ids, answers)
         initial = answer_logps(tiny.model, batch.input_ids, answers)
     assert not torch.allclose(moved, initial), "the step moved the policy"
+
+
+def test_one_step_through_the_training_loop_with_lora_as_the_reference(tmp_path):
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig("tiny-llama", SPEC, "tasks:passkey", 256, 1, tmp_path / "run", batch_tokens=256,
+                         dtype="fp32", quiet=True)  # fmt: skip
+    summary = train(config)
+    assert summary.steps == 1 and np.isfinite(summary.final_loss)
+    assert (summary.model_dir / "model.safetensors").is_file()

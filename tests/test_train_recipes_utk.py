@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from longreach.train.recipe import IGNORE, Document, recipe_from_spec
-from longreach.train.recipes.utk import TEXT, Markers, untie
+from longreach.train.recipes.utk import TEXT, Markers, fill, overhead, untie
 
 VOCAB = 1000
 MARKERS = Markers.past(VOCAB, 3, trace=True)
@@ -63,7 +63,7 @@ def restore(tokens):
 def test_untying_keeps_every_token_and_the_trace_restores_each_document():
     docs = documents()
     for seed in range(20):
-        row = untie(docs, np.random.default_rng(seed), MARKERS, pieces=3, split=1.0, keep_order=seed % 2 == 0)
+        row = untie(docs, np.random.default_rng(seed), MARKERS, pieces=3, keep_order=seed % 2 == 0)
         assert sorted(restore(row.tokens)) == sorted(d.tokens for d in docs)
         text = [t for t, kind in zip(row.tokens, row.kinds, strict=True) if kind == TEXT]
         assert sorted(text) == sorted(t for d in docs for t in d.tokens), "every token kept, none added"
@@ -77,7 +77,7 @@ def test_the_shuffle_interleaves_documents_and_keeps_each_documents_piece_order(
     owner = {t: d for d, doc in enumerate(docs) for t in doc.tokens}
     interleaved = 0
     for seed in range(20):
-        row = untie(docs, np.random.default_rng(seed), MARKERS, pieces=3, split=1.0, keep_order=True)
+        row = untie(docs, np.random.default_rng(seed), MARKERS, pieces=3, keep_order=True)
         text = [t for t, kind in zip(row.tokens, row.kinds, strict=True) if kind == TEXT]
         for d, doc in enumerate(docs):
             assert [t for t in text if owner[t] == d] == list(doc.tokens), "each document's tokens in order"
@@ -88,7 +88,7 @@ def test_the_shuffle_interleaves_documents_and_keeps_each_documents_piece_order(
 
 def test_labels_score_text_and_trace_but_not_knots_or_ids():
     docs = [Document(doc.tokens, loss_start=4) for doc in documents()]
-    row = untie(docs, np.random.default_rng(3), MARKERS, pieces=3, split=1.0)
+    row = untie(docs, np.random.default_rng(3), MARKERS, pieces=3)
     labels = row.labels()
     tokens = row.tokens
     in_summary = in_prefix = False
@@ -117,9 +117,25 @@ def test_labels_score_text_and_trace_but_not_knots_or_ids():
 
 def test_rows_without_a_cut_are_whole_documents_without_markers():
     docs = documents()
-    row = untie(docs, np.random.default_rng(0), MARKERS, pieces=3, split=0.0)
+    row = untie(docs, np.random.default_rng(0), MARKERS, pieces=1)
     assert all(t < VOCAB for t in row.tokens)
     assert sorted(row.tokens) == sorted(t for d in docs for t in d.tokens)
+
+
+def test_rows_are_exactly_the_length_interleave_documents_and_drop_nothing():
+    docs = documents((150, 150, 150, 150, 150, 150), seed=1)
+    stream, pending, cost = iter(docs), [], overhead(3, True, 6)
+    assert cost == 4 + 3 * 8 + 2 + 18 + 2
+    rng, seen = np.random.default_rng(0), []
+    for cut_row in [True, False, True, True, False]:
+        group, counts = fill(stream, pending, 128, 3 if cut_row else 1, cost, 64)
+        row = untie(group, rng, MARKERS, pieces=counts)
+        assert len(row.tokens) == 128 and len(row.labels()) == 128
+        if cut_row:
+            assert len(group) >= 2 and all(len(g.tokens) <= 64 for g, c in zip(group, counts, strict=True) if c > 1)
+        seen.extend(t for t, kind in zip(row.tokens, row.kinds, strict=True) if kind == TEXT)
+    left = [t for d in pending for t in d.tokens] + [t for d in stream for t in d.tokens]
+    assert sorted(seen + left) == sorted(t for d in docs for t in d.tokens), "every token in a row or still to come"
 
 
 def test_prepare_adds_distinct_marker_rows_and_a_step_runs(tiny):
@@ -138,3 +154,19 @@ def test_prepare_adds_distinct_marker_rows_and_a_step_runs(tiny):
     loss = recipe.loss(model, batches[0])
     loss.backward()
     assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad is not None
+
+
+def test_one_step_through_the_training_loop_and_the_folder_loads_with_the_added_rows(tmp_path):
+    from longreach.methods import parse_stack
+    from longreach.models import load_model
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig("tiny-llama", "utk:split=1", "tasks:passkey", 128, 1, tmp_path / "run", batch_tokens=256,
+                         quiet=True)  # fmt: skip
+    summary = train(config)
+    assert summary.steps == 1 and np.isfinite(summary.final_loss) and summary.final_loss > 0
+    loaded = load_model(str(summary.model_dir), "fp32")
+    assert loaded.model.get_input_embeddings().weight.shape[0] == 1024 + 9
+    ids = torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), parse_stack("yarn:factor=2").applied(loaded):
+        assert torch.isfinite(loaded.model(ids).logits).all()

@@ -12,11 +12,15 @@ trace:   every piece of a cut document starts with  <D> id </D>  (id: a random i
          after a document's last-placed piece:      <S> id_1 <s> id_2 ... </S>  (ids in the original order)
 loss:    not scored: knots, the token after a knot, <D> id </D>, the token after </D>, <S>, the token after
          </S>; scored: the text and the trace  id_1 <s> id_2 ... </S>  (the model must retrieve the pieces)
-positions 0 .. t-1, full causal attention over the whole row (no document mask); cut to t tokens
+positions 0 .. t-1, full causal attention over the whole row (no document mask)
 ```
+A document fragment fills at most ``share`` of a cut row (what is left of it opens the next row), so rows
+interleave several documents even when documents are as long as the row (task samples at the training length).
 The knots and the five trace markers are new token ids past the model's vocabulary (``prepare`` adds their
 embedding rows, the pitfall the paper notes); the random ids are drawn from the row's own text tokens (the paper
-tokenizes random 6-character strings; the recipes here see token ids, not text).
+tokenizes random 6-character strings; the recipes here see token ids, not text). The paper packs a sequence and
+truncates it after adding the markers; here the markers are budgeted when the row is filled, so a row is exactly
+t tokens and nothing is dropped (at short training lengths the truncated tail would be the trace itself).
 """
 
 from __future__ import annotations
@@ -107,14 +111,15 @@ def untie(
     rng: np.random.Generator,
     markers: Markers,
     *,
-    pieces: int,
-    split: float,
+    pieces: int | list[int],
     keep_order: bool = True,
     id_length: int = 6,
 ) -> Untied:
-    """The UtK row of ``documents`` (not yet cut to the training length): knotted, shuffled, traced."""
-    n = pieces if rng.random() < split else 1
-    parts = [cut(d, n) for d in documents]
+    """The UtK row of ``documents``, each cut into ``pieces`` (one count for all, or one per document; a document
+    shorter than its count stays whole), knotted, shuffled and traced; :func:`overhead` tokens are added per cut
+    document."""
+    counts = pieces if isinstance(pieces, list) else [pieces] * len(documents)
+    parts = [cut(d, n) for d, n in zip(documents, counts, strict=True)]
     order = shuffle_order([len(p) for p in parts], rng, keep_order)
     pool = sorted({t for d in documents for t in d.tokens[1:-1]}) or sorted({t for d in documents for t in d.tokens})
     ids = {piece: [int(t) for t in rng.choice(pool, size=id_length)] for piece in order}
@@ -140,19 +145,42 @@ def untie(
     return row
 
 
-def fill(documents: Iterator[Document], length: int) -> Iterator[list[Document]]:
-    """Groups of documents holding exactly ``length`` tokens; a document that overflows continues in the next."""
+def overhead(pieces: int, traced: bool, id_length: int) -> int:
+    """Tokens UtK adds to a document cut into ``pieces``: its knots, and with the trace its prefixes and summary."""
+    if pieces <= 1:
+        return 0
+    knots = 2 * (pieces - 1)
+    trace = pieces * (id_length + 2) + 2 + pieces * id_length + pieces - 1
+    return knots + (trace if traced else 0)
+
+
+def fill(
+    documents: Iterator[Document], pending: list[Document], length: int, pieces: int, cost: int, most: int
+) -> tuple[list[Document], list[int]] | None:
+    """Document fragments and their piece counts whose untied row is exactly ``length`` tokens long (None when the
+    stream ends first). A fragment cut into ``pieces`` costs ``cost`` marker tokens and holds at most ``most``
+    tokens, so a cut row interleaves several documents; a fragment too short to cut, or cut where no room is left
+    for the markers, stays whole. What a document has left waits in ``pending`` for the next row."""
     group: list[Document] = []
+    counts: list[int] = []
+    later: list[Document] = []
     room = length
-    for document in documents:
-        while document.tokens:
-            take = min(room, len(document.tokens))
-            group.append(Document(document.tokens[:take], min(document.loss_start, take), document.kind))
-            document = Document(document.tokens[take:], max(0, document.loss_start - take), document.kind)
-            room -= take
-            if room == 0:
-                yield group
-                group, room = [], length
+    while room > 0:
+        document = pending.pop(0) if pending else next(documents, None)
+        if document is None:
+            return None
+        take = min(len(document.tokens), room - cost, most)
+        count = pieces if pieces > 1 and take >= pieces else 1
+        if count == 1:
+            take = min(len(document.tokens), room)
+        group.append(Document(document.tokens[:take], min(document.loss_start, take), document.kind))
+        counts.append(count)
+        rest = Document(document.tokens[take:], max(0, document.loss_start - take), document.kind)
+        if rest.tokens:
+            later.append(rest)
+        room -= take + (cost if count > 1 else 0)
+    pending.extend(later)
+    return group, counts
 
 
 @register_recipe
@@ -165,6 +193,7 @@ class Utk(Recipe):
     keep_order: bool = field(default=True, metadata={"help": "a document's pieces keep their order when shuffled"})
     trace: bool = field(default=True, metadata={"help": "the tracing task: <D> id </D> prefixes and <S> ... </S>"})
     id_length: int = field(default=6, metadata={"help": "tokens of a piece's random id"})
+    share: float = field(default=0.5, metadata={"help": "largest share of a cut row one document fragment fills"})
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "utk"
@@ -176,6 +205,7 @@ class Utk(Recipe):
         require(self.pieces >= 2, f"utk: pieces must be >= 2; got {self.pieces}")
         require(0.0 <= self.split <= 1.0, f"utk: split must be in [0, 1]; got {self.split:g}")
         require(self.id_length >= 1, f"utk: id_length must be >= 1; got {self.id_length}")
+        require(0.0 < self.share <= 1.0, f"utk: share must be in (0, 1]; got {self.share:g}")
 
     @property
     def added_tokens(self) -> int:
@@ -201,9 +231,15 @@ class Utk(Recipe):
         self._state["vocabulary"] = vocabulary
 
     def batches(self, documents: Iterator[Document], length: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
-        markers = self.markers()
-        for group in fill(documents, length):
-            row = untie(group, rng, markers, pieces=self.pieces, split=self.split, keep_order=self.keep_order,
-                        id_length=self.id_length)  # fmt: skip
-            ids, labels = row.tokens[:length], row.labels()[:length]
-            yield TrainBatch(torch.tensor([ids]), torch.tensor([labels]), torch.arange(length)[None])
+        """Rows of exactly ``length`` tokens: a share ``split`` of them with their documents cut (the markers
+        budgeted, so nothing is truncated), the rest whole documents shuffled."""
+        markers, stream, pending = self.markers(), iter(documents), []
+        cost = overhead(self.pieces, self.trace, self.id_length)
+        while True:
+            pieces = self.pieces if rng.random() < self.split else 1
+            filled = fill(stream, pending, length, pieces, cost, max(pieces, int(self.share * length)))
+            if filled is None:
+                return
+            group, counts = filled
+            row = untie(group, rng, markers, pieces=counts, keep_order=self.keep_order, id_length=self.id_length)
+            yield TrainBatch(torch.tensor([row.tokens]), torch.tensor([row.labels()]), torch.arange(length)[None])
