@@ -14,7 +14,7 @@ from longreach.methods.positions.base import base_inv_freq
 from longreach.methods.positions.clex import FILE_NAME, ClexOde
 from longreach.models import adapter, load_model
 from longreach.models.tiny import TINY_WINDOW
-from longreach.train.recipe import Document, causal_lm_loss, recipe_from_spec
+from longreach.train.recipe import Document, recipe_from_spec
 from longreach.train.recipes.clex import SCALE, clex_positions, ode_of
 
 
@@ -47,11 +47,16 @@ def test_positions_spread_over_t_windows():
     positions = clex_positions(100, 4, rng)
     assert positions[0] == 0 and positions[-1] == 399 and len(set(positions.tolist())) == 100
     assert (np.diff(positions) > 0).all()
-    assert (clex_positions(100, 1, rng) == np.arange(100)).all()
+    assert clex_positions(100, 4, rng, window=1000)[-1] == 3999, "a short row still spans tau native windows"
+    assert (clex_positions(100, 1, rng, window=1000) == np.arange(100)).all()
 
 
 def test_a_training_step_updates_the_ode_and_finish_saves_what_the_method_reads(tiny, tmp_path):
     model = load_model("tiny-llama", "fp32").model
+    with torch.no_grad():  # sharpen attention: the random model's near-uniform attention barely feels RoPE
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(30)
+            layer.self_attn.k_proj.weight.mul_(30)
     recipe = recipe_from_spec("clex:max_factor=4")
     recipe.prepare(model, 64)
     ode = ode_of(model)
@@ -61,10 +66,9 @@ def test_a_training_step_updates_the_ode_and_finish_saves_what_the_method_reads(
     batch = next(b for b in recipe.batches(iter(docs), 64, np.random.default_rng(2)) if b.extras[SCALE] > 1)
     assert batch.position_ids.max() >= 64
     loss = recipe.loss(model, batch)
-    assert not torch.equal(loss, causal_lm_loss(model, batch)), "the step reads with the ODE's frequencies"
     optimizer = torch.optim.AdamW(recipe.trainable(model), lr=1e-2)
     loss.backward()
-    assert ode.down.grad is not None and ode.down.grad.abs().sum() > 0
+    assert ode.down.grad is not None and ode.down.grad.abs().sum() > 0, "the step reads with the ODE's frequencies"
     optimizer.step()
     assert torch.count_nonzero(ode.down) > 0, "one step moved the ODE off its initialisation"
     trained = ode.inv_freq(3.0).detach()
@@ -100,14 +104,14 @@ def test_the_method_without_parameters_fails_in_one_line(tiny):
 
 def test_steps_through_the_training_loop_train_and_save_the_ode(tmp_path):
     """The loop optimises and checkpoints the ODE with LoRA; the folder carries it outside the weights; eval reads
-    with it. (Three steps: the first has learning rate 0 (warmup), the second samples tau = 1, where the ODE is
-    not read, the third tau = 4.)"""
+    with it. (Three steps: the second samples tau = 1, where the ODE is not read. fp32: the random model's attention
+    is so flat that its RoPE gradients cancel to exactly 0 in bf16.)"""
     from safetensors import safe_open
 
     from longreach.train.loop import TrainConfig, train
 
     config = TrainConfig("tiny-llama", "clex:max_factor=4", "tasks:passkey", 128, 3, tmp_path / "run",
-                         batch_tokens=128, quiet=True)  # fmt: skip
+                         batch_tokens=128, dtype="fp32", quiet=True)  # fmt: skip
     summary = train(config)
     assert summary.steps == 3 and np.isfinite(summary.final_loss)
     with safe_open(str(summary.model_dir / "model.safetensors"), framework="pt") as weights:

@@ -5,11 +5,14 @@ Shapes: ``b`` rows, ``t`` the training length, ``d/2`` rotary pairs; L the model
 ```
 s = max(1, t // L)                                 training length in native windows
 tau ~ U{1 .. max_factor}, one per batch            the sampled scale (the paper's t)
-p   = sorted t distinct integers of [0, t tau),    position_ids (b, t)
-      always holding 0 and t tau - 1
+p   = sorted t distinct integers of                position_ids (b, t)
+      [0, max(t, L) tau), with 0 and the last      (0 .. t-1 at tau = 1)
 theta(tau) = exp z(tau), z from the ODE            (d/2,), see :mod:`longreach.methods.positions.clex`
-angles = p * theta(tau) / s                        positions spread over tau windows, frequencies for tau
+angles = p * theta(tau) / s                        a row spans tau native windows, read with tau's frequencies
 ```
+The released code samples from [0, t tau) and divides by s; for t >= L that spans tau windows too, for t < L (a
+short training length on a long-window model) it would span only t tau, while inference picks tau = l / L, so
+positions are drawn from [0, L tau) there.
 ``prepare`` adds the ODE to the model as ``clex_ode`` (W_up (d/2, h), W_down (h, d/2), float32 whatever the model
 dtype; W_down = 0, so training starts from NTK scaling with alpha = 2 tau - 1); the loop trains it with LoRA
 (``trainable``), gradients flowing through the RK4 solve; ``save_pretrained`` leaves it out of the weights.
@@ -47,12 +50,12 @@ def ode_of(model: Any) -> ClexOde:
     return ode
 
 
-def clex_positions(length: int, scale: int, rng: np.random.Generator) -> np.ndarray:
-    """``length`` sorted distinct positions of [0, length * scale), the first 0 and the last length * scale - 1
-    (CLEX's position sampling); plain 0 .. length-1 at scale 1."""
-    if scale == 1 or length < 3:
-        return np.arange(length) * scale
-    span = length * scale
+def clex_positions(length: int, scale: int, rng: np.random.Generator, window: int = 0) -> np.ndarray:
+    """``length`` sorted distinct positions of [0, max(length, window) * scale), the first 0 and the last the span's
+    end (CLEX's position sampling), so a row spans ``scale`` native windows; plain 0 .. length-1 at scale 1."""
+    span = max(length, window) * scale
+    if scale == 1 or length < 3 or span <= length:
+        return np.arange(length)
     inner = np.sort(rng.choice(span - 2, size=length - 2, replace=False)) + 1
     return np.concatenate([[0], inner, [span - 1]])
 
@@ -88,6 +91,7 @@ class Clex(Recipe):
     param_factor: int = field(default=1, metadata={"help": "ODE hidden width h = param_factor x d"})
     act: Literal["tanh", "silu"] = field(default="tanh", metadata={"help": "ODE activation"})
     step: float = field(default=0.01, metadata={"help": "RK4 step in tau"})
+    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "clex"
     summary: ClassVar[str] = "CLEX: per-frequency RoPE scaling learned as a neural ODE; eval with --method clex"
@@ -105,14 +109,18 @@ class Clex(Recipe):
             model, param_factor=self.param_factor, act=self.act, max_factor=self.max_factor, step=self.step
         )  # a submodule, so the loop optimises and checkpoints it; save_pretrained leaves it out (finish writes it)
         lm._keys_to_ignore_on_save = set(lm._keys_to_ignore_on_save or ()) | {f"{ATTRIBUTE}.up", f"{ATTRIBUTE}.down"}
+        self._state["window"] = lm.clex_ode.native
 
     def trainable(self, model: Any) -> list[torch.nn.Parameter]:
         return list(ode_of(model).parameters())
 
     def batches(self, documents: Iterator[Document], length: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
+        if "window" not in self._state:
+            raise LongreachError("clex: the native window is read by prepare(model, length); call it first")
+        window = self._state["window"]
         for row in pack(documents, length, rng, masked=False):
             scale = int(rng.integers(1, self.max_factor + 1))
-            positions = [clex_positions(length, scale, rng) for _ in range(row.input_ids.shape[0])]
+            positions = [clex_positions(length, scale, rng, window) for _ in range(row.input_ids.shape[0])]
             row.position_ids = torch.from_numpy(np.stack(positions))
             row.extras[SCALE] = torch.tensor(float(scale))
             yield row
