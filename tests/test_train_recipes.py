@@ -57,7 +57,8 @@ def test_abf_scale_multiplies_the_models_base():
 
 
 @pytest.mark.parametrize(
-    ("spec", "rope_type"), [("pi:factor=4", "linear"), ("yarn:factor=4", "yarn"), ("yarn:factor=2:beta_fast=16", "yarn")]
+    ("spec", "rope_type"),
+    [("pi:factor=4", "linear"), ("yarn:factor=4", "yarn"), ("yarn:factor=2:beta_fast=16", "yarn")],
 )
 def test_pi_and_yarn_match_transformers_rope_init_functions(spec, rope_type):
     model = tiny_llama(torch.float32)

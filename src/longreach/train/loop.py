@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,7 +205,9 @@ def _trainable_model(loaded: LoadedModel, recipe: Recipe, lora: LoraSpec | None,
             target_modules="all-linear",  # attention and MLP projections; never the output head
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, adapters)  # adapters in float32 over bf16 weights (autocast_adapter_dtype)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question (is_gradient_checkpointing)
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, adapters)  # adapters in float32 over bf16 weights (autocast_adapter_dtype)
     for parameter in recipe.trainable(model):
         parameter.requires_grad_(True)
     return model.train()
@@ -215,7 +218,7 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps, min_lr_rate=0.1
+        optimizer, num_warmup_steps=steps // 10, num_training_steps=steps, min_lr_rate=0.1
     )
 
 
