@@ -124,3 +124,25 @@ def test_steps_through_the_training_loop_train_and_save_the_ode(tmp_path):
     ids = torch.randint(5, 1000, (1, 3 * TINY_WINDOW), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), parse_stack("clex").applied(loaded):
         assert torch.isfinite(loaded.model(ids).logits).all()
+
+
+def test_a_resumed_run_restores_the_ode_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Checkpoints at steps 2 and 4; the run is cut back to its step-2 checkpoint (as a kill -9 after it leaves it)
+    and resumed: the ODE it saves equals the uninterrupted run's."""
+    import dataclasses
+    import shutil
+
+    from longreach.train.loop import TrainConfig, train
+
+    config = TrainConfig("tiny-llama", "clex:max_factor=4", "tasks:passkey", 128, 4, tmp_path / "run",
+                         batch_tokens=128, dtype="fp32", save_every=2, quiet=True)  # fmt: skip
+    whole = train(config)
+    expected = ClexOde.load(whole.model_dir / FILE_NAME)
+    assert torch.count_nonzero(expected.down) > 0
+    shutil.rmtree(config.out / "checkpoints" / "step-000004")
+    shutil.rmtree(whole.model_dir)
+    (config.out / "train.json").unlink()
+    resumed = train(dataclasses.replace(config, resume=True))
+    assert resumed.steps == 4
+    restored = ClexOde.load(resumed.model_dir / FILE_NAME)
+    assert torch.equal(restored.down, expected.down) and torch.equal(restored.up, expected.up)
