@@ -142,6 +142,7 @@ def test_bad_settings_fail_in_one_line_before_loading(tmp_path):
         ({"length": 1}, "--length must be >= 2"),
         ({"device": "gpu"}, "unknown device"),
         ({"model": "no-such-model"}, "unknown model"),
+        ({"data": "tasks:bio_multi"}, "task bio_multi does not fit 128 tokens"),  # found before the weights load
     ]:
         with pytest.raises(LongreachError, match=message):
             train(config(tmp_path, **changes))
@@ -184,3 +185,21 @@ def test_task_samples_are_exact_length_scored_on_the_answer_with_training_seeds(
     evaluation = {task.task.generate(tokenizer, 256, d, seed, 0).answers[0] for seed in range(5) for d in (0, 0.5, 1)}
     assert sample.answers[0] not in evaluation  # evaluation seeds draw other keys
     assert task_document(task, tokenizer, 256, 0, 0, RAW) == documents[0]  # deterministic
+
+
+def test_a_dequantized_gguf_model_saves_as_plain_weights_and_packed_ones_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from longreach.models import adapter
+
+    model = tiny_llama(torch.float32)
+    model.hf_quantizer = SimpleNamespace(packed_modules={}, quantization_config=SimpleNamespace(quant_method="gguf"))
+    model.config.quantization_config = {"quant_method": "gguf"}
+    adapter.forget_dequantized_quantizer(model)  # what a GGUF load leaves once its weights are plain tensors
+    assert model.hf_quantizer is None and not hasattr(model.config, "quantization_config")
+    model.save_pretrained(tmp_path / "saved")
+    model.hf_quantizer = SimpleNamespace(
+        packed_modules={"x": 1}, quantization_config=SimpleNamespace(quant_method="gguf")
+    )
+    with pytest.raises(ValueError, match="packed gguf blocks"):
+        adapter.forget_dequantized_quantizer(model)

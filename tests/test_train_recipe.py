@@ -3,6 +3,8 @@ and the registry's contract (every recipe parses its example, describes its knob
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,18 @@ def test_loss_matches_transformers_own_labels_loss(tiny):
     assert batch.scored == 40 - 7
 
 
+def test_chunked_loss_of_a_long_row_equals_the_whole_loss(tiny, monkeypatch):
+    import longreach.train.recipe as recipe_module
+
+    ids = torch.randint(0, 1000, (2, 50), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :9] = IGNORE
+    batch = TrainBatch(ids, labels, torch.arange(50).expand(2, 50))
+    whole = causal_lm_loss(tiny.model, batch)
+    monkeypatch.setattr(recipe_module, "LOGIT_CHUNK", 8)  # 7 chunks, the first scoring nothing
+    assert torch.allclose(causal_lm_loss(tiny.model, batch), whole, atol=1e-5)
+
+
 def test_document_masked_loss_equals_separate_documents(tiny):
     """Packed with masks and restarted positions, each document's loss is what it gets alone."""
     a, b = Document(tuple(range(100, 120))), Document(tuple(range(200, 212)))
@@ -112,3 +126,30 @@ def test_default_steps_pack_without_masks():
     recipe = recipe_from_spec("plain")
     steps = list(recipe.steps(iter([Document(tuple(range(64)))]), 16, 32, np.random.default_rng(0)))
     assert [len(s) for s in steps] == [2, 2]
+
+
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_every_recipe_trains_one_step_on_tiny_llama_from_its_example(tmp_path, name):
+    """The contract: a registered recipe runs a step from its example spec and writes a folder that loads."""
+    from longreach.models import load_model
+    from longreach.train.loop import TrainConfig, train
+
+    cls = RECIPES.get(name)
+    recipe = recipe_from_spec(cls.example or name)
+    data = cls.example_data or ("tasks:passkey+short:passkey" if (recipe.mix() or {}).get("short") else "tasks:passkey")
+    config = TrainConfig("tiny-llama", recipe.spec, data, 256, 1, tmp_path, batch_tokens=256, dtype="fp32", quiet=True)
+    summary = train(config)
+    assert summary.steps == 1 and math.isfinite(summary.final_loss)
+    assert load_model(str(summary.model_dir), "fp32").model is not None
+
+
+def test_eager_attention_gets_an_additive_document_mask():
+    from longreach.models.tiny import tiny_llama
+
+    model = tiny_llama(torch.float32)
+    model.set_attn_implementation("eager")
+    a, b = Document(tuple(range(100, 120))), Document(tuple(range(200, 212)))
+    (row,) = list(pack(iter([a, b]), 32, None, masked=True))
+    sdpa = tiny_llama(torch.float32)
+    assert torch.allclose(causal_lm_loss(model, row), causal_lm_loss(sdpa, row), atol=1e-5)
+    assert sdpa.config._attn_implementation == "sdpa"

@@ -143,12 +143,14 @@ def text_documents(
     records = [record for path in _text_files(folder) for record in _records(path)]
     if not records:
         raise LongreachError(f"text: {folder} holds no text")
-    cache: dict[int, Document] = {}
+    cache: dict[int, tuple[np.ndarray, int]] = {}  # tokenized once, kept as int32 (4 bytes a token)
     for epoch in range(10**12):
-        for index in np.random.default_rng([seed, epoch]).permutation(len(records)):
-            if int(index) not in cache:
-                cache[int(index)] = _text_document(tokenizer, frame, *records[int(index)], kind)
-            yield cache[int(index)]
+        for index in map(int, np.random.default_rng([seed, epoch]).permutation(len(records))):
+            if index not in cache:
+                document = _text_document(tokenizer, frame, *records[index], kind)
+                cache[index] = (np.asarray(document.tokens, dtype=np.int32), document.loss_start)
+            tokens, loss_start = cache[index]
+            yield Document(tuple(tokens.tolist()), loss_start, kind)
 
 
 def task_document(

@@ -23,11 +23,13 @@ length, seed), so the resumed run reads exactly the batches the uninterrupted on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from longreach import params
 from longreach.errors import LongreachError
 from longreach.measure import Stopwatch, peak_gpu, peak_rss, peak_rss_so_far
-from longreach.models import LoadedModel, load_model
+from longreach.models import LoadedModel, adapter, load_model, load_tokenizer, resolve
 from longreach.models.loading import DTYPES, check_device_name
 from longreach.models.sources import quiet_transformers
 from longreach.prompts import PROMPT_CHOICES
@@ -133,7 +135,8 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     scored_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the training loop: data, steps and checkpoints
+    compute_seconds: float = 0.0  # forward, backward and optimizer steps only
     losses: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
@@ -159,17 +162,16 @@ def train(config: TrainConfig) -> TrainSummary:
     ``OUT/train.json``. Bad settings fail before the model loads."""
     recipe, lora = config.validate()
     checkpoint = _checkpoint_to_resume(config)
+    _check_data(recipe, load_tokenizer(resolve(config.model)), config)  # in seconds, before the weights load
     loaded = load_model(config.model, config.dtype, config.device)
-    model = _trainable_model(loaded, recipe, lora, config)
+    model = _trainable_model(loaded, recipe, lora, config)  # recipe.prepare runs before any batch is built
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0 if lora else 0.1
     )
     scheduler = _schedule(optimizer, config.steps)
     state = _restore(checkpoint, model, optimizer, scheduler, config) if checkpoint else TrainState()
-    steps = _steps(recipe, loaded.tokenizer, config)
-    for _ in range(state.step):  # the steps the checkpoint covers: read, not trained
-        next(steps)
+    steps = _steps(recipe, loaded.tokenizer, config, state.step)
     _run(model, recipe, steps, optimizer, scheduler, state, config)
     model_dir = save_model(model, loaded.tokenizer, recipe, config.out / MODEL_DIR, config.dtype)
     _write_record(config, recipe, loaded, state, model_dir)
@@ -222,12 +224,30 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
     )
 
 
-def _steps(recipe: Recipe, tokenizer: Any, config: TrainConfig) -> Iterator[list[TrainBatch]]:
-    """The run's optimizer steps: deterministic in (data, tokenizer, length, seed, recipe)."""
+def _check_data(recipe: Recipe, tokenizer: Any, config: TrainConfig) -> None:
+    """Build the first document of every source (a task that does not fit the length fails here, one line)."""
     documents = open_documents(
         config.data, tokenizer, config.length, config.seed, mix=recipe.mix(), prompt=config.prompt
     )
-    return iter(recipe.steps(documents, config.length, config.batch_tokens, np.random.default_rng(config.seed)))
+    for _ in parse_data(config.data):
+        next(documents)
+
+
+def _steps(recipe: Recipe, tokenizer: Any, config: TrainConfig, done: int) -> Iterator[list[TrainBatch]]:
+    """The run's optimizer steps after the first ``done`` (read, not trained: a resumed run continues its data
+    order, which is deterministic in data, tokenizer, length, seed and recipe); call after ``recipe.prepare``."""
+    documents = open_documents(
+        config.data, tokenizer, config.length, config.seed, mix=recipe.mix(), prompt=config.prompt
+    )
+    steps = iter(recipe.steps(documents, config.length, config.batch_tokens, np.random.default_rng(config.seed)))
+    for _ in range(done):
+        next(steps)
+    if done >= config.steps:
+        return steps
+    first = next(steps, None)
+    if first is None:
+        raise LongreachError(f"--data {config.data} gives no training step at --length {config.length}")
+    return itertools.chain([first], steps)
 
 
 def _run(
@@ -242,6 +262,7 @@ def _run(
     """Train from ``state.step`` to ``config.steps``, checkpointing every ``save_every`` steps and at the end."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     with _progress(config, state) as (progress, bar), peak_rss() as rss, peak_gpu(config.device) as gpu:
+        last = time.perf_counter()
         while state.step < config.steps:
             batches = next(steps, None)
             if batches is None:
@@ -249,7 +270,10 @@ def _run(
             with Stopwatch() as watch:
                 loss = _step(model, recipe, batches, trainable, optimizer, scheduler, config.device, state.step)
             state.step += 1
-            state.seconds += watch.seconds
+            now = time.perf_counter()
+            state.seconds += now - last
+            state.compute_seconds += watch.seconds
+            last = now
             state.tokens += sum(b.tokens for b in batches)
             state.scored_tokens += sum(b.scored for b in batches)
             state.losses.append(loss)
@@ -413,6 +437,10 @@ def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str
     folder and renamed into place."""
     lm = model.merge_and_unload() if hasattr(model, "merge_and_unload") else causal_lm(model)
     lm = lm.to(DTYPES[dtype]).eval()
+    try:
+        adapter.forget_dequantized_quantizer(lm)  # a GGUF model's weights are plain tensors after loading
+    except ValueError as exc:
+        raise LongreachError(f"cannot save the trained model: {exc}") from None
     if lm.is_activation_checkpointing:
         lm.activation_checkpointing_disable()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -439,6 +467,7 @@ def _write_record(config: TrainConfig, recipe: Recipe, loaded: LoadedModel, stat
         "tokens": state.tokens,
         "scored_tokens": state.scored_tokens,
         "train_seconds": state.seconds,
+        "compute_seconds": state.compute_seconds,
         "tokens_per_s": state.tokens / state.seconds if state.seconds else 0.0,
         "peak_rss_mb": state.peak_rss_bytes / 2**20,
         "peak_gpu_mb": state.peak_gpu_bytes / 2**20,

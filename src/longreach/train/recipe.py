@@ -223,9 +223,10 @@ def hidden_states(model: Any, batch: TrainBatch) -> torch.Tensor:
 def causal_lm_loss(model: Any, batch: TrainBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross entropy (float32, a scalar) over the scored labels of ``batch``.
 
-    Logits are computed ``LOGIT_CHUNK`` positions at a time under activation checkpointing, so a long row's
-    (t, v) logits never exist at once (ProLong, Gao et al. 2024: logits in blocks). ``hidden`` (b, t, h): hidden
-    states already computed (a recipe that changes the forward), else :func:`hidden_states` computes them.
+    Beyond ``LOGIT_CHUNK`` positions, logits are computed that many positions at a time under activation
+    checkpointing, so a long row's (t, v) logits never exist at once (ProLong, Gao et al. 2024: logits in blocks).
+    ``hidden`` (b, t, h): hidden states already computed (a recipe that changes the forward), else
+    :func:`hidden_states` computes them.
     """
     hidden = hidden_states(model, batch) if hidden is None else hidden
     lm = causal_lm(model)
@@ -235,6 +236,8 @@ def causal_lm_loss(model: Any, batch: TrainBatch, hidden: torch.Tensor | None = 
     scored = int((targets != IGNORE).sum())
     if scored == 0:
         return hidden.sum() * 0.0  # nothing to learn here, but keep the graph
+    if hidden.shape[1] <= LOGIT_CHUNK:  # one chunk: its logits are small, recomputing them would only cost time
+        return _chunk_nll(hidden, targets, head, cap) / scored
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[1], LOGIT_CHUNK):
         part, wanted = hidden[:, start : start + LOGIT_CHUNK], targets[:, start : start + LOGIT_CHUNK]
@@ -250,13 +253,15 @@ class Recipe:
     Subclasses are frozen dataclasses whose fields are knobs (``field(metadata={"help": ...})``), validated in
     ``__post_init__`` with :func:`longreach.params.require`. Class attributes: ``name`` (registry name),
     ``summary`` (one line for ``longreach recipes``), ``paper`` (citation), ``example`` (a spec that engages
-    the recipe on tiny-llama; default the bare name).
+    the recipe on tiny-llama; default the bare name), ``example_data`` (a ``--data`` spec for that run; default
+    ``tasks:passkey``, plus ``short:passkey`` when :meth:`mix` asks for short documents).
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     example: ClassVar[str] = ""
+    example_data: ClassVar[str] = ""
 
     @property
     def spec(self) -> str:
@@ -273,7 +278,9 @@ class Recipe:
         ``length`` is the training length. The default changes nothing."""
 
     def batches(self, documents: Iterator[Document], length: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
-        """Forward-pass batches from the document stream; the default is concat-and-chunk (:func:`pack`)."""
+        """Forward-pass batches from the document stream; the default is concat-and-chunk (:func:`pack`).
+        Randomness comes from ``rng`` only (never torch's global RNG): a resumed run replays this stream to skip
+        what its checkpoint covers, and must draw the same batches."""
         return pack(documents, length, rng, masked=False)
 
     def steps(

@@ -32,6 +32,7 @@ from longreach.models.adapter.cache import (
 )
 from longreach.models.adapter.config import (
     causal_lm_from_state_dict,
+    forget_dequantized_quantizer,
     hard_max_length,
     kv_bytes_per_token,
     native_context_length,
@@ -72,6 +73,7 @@ __all__ = [
     "clone_cache",
     "crop_cache",
     "empty_cache",
+    "forget_dequantized_quantizer",
     "forward",
     "forward_rows",
     "forward_with_grad",
