@@ -1,6 +1,7 @@
 """The only package that reads transformers internals, split by what it adapts: :mod:`.config` (facts read off a
 config), :mod:`.rope` (rotary embeddings), :mod:`.attention` (the one hook layer for attention changes),
-:mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is fixed here once.
+:mod:`.sdpa` (decode steps of grouped-query attention, packed), :mod:`.cache` (KV caches) and :mod:`.forward`
+(forward passes). An API change in transformers is fixed here once.
 Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of ``cache.layers``).
 """
 
@@ -26,6 +27,7 @@ from longreach.models.adapter.cache import (
     layer_type,
     merge_rows,
     physical_bytes,
+    preallocated,
     select_rows,
     set_layer,
     set_layer_kv,
@@ -55,6 +57,7 @@ from longreach.models.adapter.rope import (
     rotate_half,
     with_rope_parameters,
 )
+from longreach.models.adapter.sdpa import packed_decode_attention
 
 __all__ = [
     "AttentionCall",
@@ -86,8 +89,10 @@ __all__ = [
     "model_attention",
     "native_context_length",
     "next_token_nll",
+    "packed_decode_attention",
     "patched_rope",
     "physical_bytes",
+    "preallocated",
     "rebuilt_rotary",
     "rope_parameters",
     "rotary_module",
