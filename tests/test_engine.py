@@ -194,3 +194,26 @@ def test_streamed_answer_text_stops_where_full_decoding_does(which, tiny, smollm
             if cut is not None:
                 break
         assert streamed.decode() == tokenizer.decode(streamed.ids, skip_special_tokens=True)
+
+
+def test_packed_linears_give_the_logits_of_plain_linears_in_bf16():
+    from longreach.models import adapter, load_model
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bf16 support")
+    loaded = load_model("tiny-llama", "bf16")
+    model = loaded.model
+    ids = torch.tensor([tokens.encode(loaded.tokenizer, "word " * 50)])
+    with torch.inference_mode():
+        expected, cache = adapter.forward(model, ids)
+        step, cache = adapter.forward(model, torch.tensor([[5]]), cache, ids.shape[1])
+        with adapter.packed_linears(model) as count:
+            assert count == 2 * 7 + 1, "every projection of both layers and the head"
+            got, packed_cache = adapter.forward(model, ids)
+            got_step, _ = adapter.forward(model, torch.tensor([[5]]), packed_cache, ids.shape[1])
+    assert torch.equal(got, expected) and torch.equal(got_step, step)
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Linear)), "restored"
+    adapter.drop_packed(model)
+    request = Request("The grass is green. The sky is blue. The pass key is 12345. What is the pass key?", 24)
+    before = Engine(loaded, fast_decode=False).generate(request, parse_stack("none"))
+    assert Engine(loaded).generate(request, parse_stack("none")).text == before.text

@@ -14,11 +14,13 @@ serves both prefix reuse and shared reads between cache methods.
 
 Decoding (issue 18, measured in ``benchmarks/engine_speed.py``): single-query attention steps run with the query
 heads of each KV group packed (:mod:`longreach.models.adapter.sdpa`: about 7x faster per layer than transformers'
-``enable_gqa`` path on the CPU), a plain cache gets room for the whole answer up front so a step writes its keys in
-place instead of copying the cache (:func:`~longreach.models.adapter.preallocated`; caches a cache method made are
-left as they are), and the answer's text grows with tokenizers' ``DecodeStream`` (:mod:`.text`) instead of being
-re-decoded every step. The one host read a step is the next id (end-of-sequence and stop checks need it).
-``Engine(fast_decode=False)`` keeps the earlier loop for before/after measurements.
+``enable_gqa`` path on the CPU); bf16 linear layers on the CPU read weights prepacked once for oneDNN
+(:mod:`longreach.models.adapter.linear`: a second copy of the weights, kept on the model); a plain cache gets room
+for the whole answer up front, so a step writes its keys in place instead of copying the cache
+(:func:`~longreach.models.adapter.preallocated`; caches a cache method made are left as they are); and the answer's
+text grows with tokenizers' ``DecodeStream`` (:mod:`.text`) instead of being re-decoded every step. The one host
+read a step is the next id (the end-of-sequence and stop checks need it). ``Engine(fast_decode=False)`` keeps the
+earlier loop for before/after measurements.
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ class Engine:
         with contextlib.ExitStack() as fast:
             if self.fast_decode:  # see the module docstring
                 fast.enter_context(adapter.packed_decode_attention(model))
+                fast.enter_context(adapter.packed_linears(model))
                 fast.enter_context(adapter.preallocated(cache, request.max_new_tokens - 1))  # the last id is not read
             while next_id not in self.eos_ids:
                 text = answer.add(next_id)
