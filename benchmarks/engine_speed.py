@@ -6,11 +6,12 @@ One run measures, in this order:
    512 MiB); bf16 and fp32 matmul FLOP/s at the prefill's shapes (``linear`` of n x hidden by each weight) and the
    FLOP/s of the causal SDPA attention call the prefill makes (bf16, GQA);
 2. decode tokens/s after a ``--decode-prompt``-token passkey prompt, ``--reps`` repetitions interleaved (the order
-   rotates every repetition): longreach (``none``), longreach with ``fast_decode=False`` (the loop before issue 18),
-   longreach at one thread, llama.cpp (llama-cpp-python in process, the same GGUF, the same prompt ids, the same
-   threads) and transformers' plain greedy ``generate``. longreach and llama.cpp continue a kept read of the prompt
-   (only its last token is recomputed); transformers prefills every time and its steps are timed by a logits
-   processor. Each rate is single-token steps / their seconds (the first answer token comes with the prefill);
+   rotates every repetition): longreach (``none``), longreach with each of its decode speedups left out in turn and
+   with none of them (``speedups=()``: the loop before issue 18), longreach at one thread, llama.cpp
+   (llama-cpp-python in process, the same GGUF, the same prompt ids, the same threads) and transformers' plain
+   greedy ``generate``. longreach and llama.cpp continue a kept read of the prompt (only its last token is
+   recomputed); transformers prefills every time and its steps are timed by a logits processor. Each rate is
+   single-token steps / their seconds (the first answer token comes with the prefill);
 3. prefill seconds at ``--prefill-tokens`` (``--prefill-reps`` repetitions, interleaved) for longreach, llama.cpp
    and transformers (time to the first logits);
 4. torch.profiler once on longreach's prefill and on 16 of its decode steps: the top ops and their share of time;
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from longreach.engine import Engine
+from longreach.engine import SPEEDUPS, Engine
 from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.models import load_model, resolve
@@ -51,6 +52,7 @@ from longreach.tasks import parse_task
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NOTE = "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to bf16)"
 NONE = parse_stack("none")
+BEFORE = "longreach speedups=() (before issue 18)"
 
 
 def median_ci(values: list[float]) -> dict:
@@ -229,7 +231,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine_speed")
     args = parser.parse_args()
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     threads = torch.get_num_threads()
     loaded = load_model("smollm2-135m", "bf16")
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -237,7 +239,7 @@ def main() -> None:
     task = parse_task("passkey").task
     short = task.generate(tokenizer, args.decode_prompt, 0.5, seed=0, index=0).prompt
     long = task.generate(tokenizer, args.prefill_tokens, 0.5, seed=0, index=1).prompt
-    fast, before, one = Engine(loaded, reuse_prefix=True), Engine(loaded, True, fast_decode=False), Engine(loaded, True)
+    fast = Engine(loaded, reuse_prefix=True)
     short_ids, long_ids = fast.encode(short), fast.encode(long)
     results: dict = {"model": MODEL_NOTE, "args": {k: str(v) for k, v in vars(args).items()}, "threads": threads}
     results["facts"] = model_facts(model, len(long_ids), len(short_ids))
@@ -262,10 +264,13 @@ def main() -> None:
     def text(rate_and_ids: tuple[float, list[int]]) -> tuple[float, str]:
         return rate_and_ids[0], tokenizer.decode(rate_and_ids[1], skip_special_tokens=True)
 
-    decoders: dict[str, Callable[[], tuple[float, str]]] = {
-        "longreach": ours(fast, threads),
-        "longreach fast_decode=False (before)": ours(before, threads),
-        "longreach, 1 thread": ours(one, 1),
+    decoders: dict[str, Callable[[], tuple[float, str]]] = {"longreach": ours(fast, threads)}
+    for left_out in SPEEDUPS:
+        kept = [name for name in SPEEDUPS if name != left_out]
+        decoders[f"longreach without {left_out}"] = ours(Engine(loaded, True, kept), threads)
+    decoders |= {
+        BEFORE: ours(Engine(loaded, True, speedups=()), threads),
+        "longreach, 1 thread": ours(Engine(loaded, True), 1),
         "llama.cpp": lambda: text(llama.decode(short_ids, args.new_tokens)),
         "transformers generate": lambda: text(hf_generate(model, short_ids, args.new_tokens)[1:]),
     }
@@ -299,6 +304,7 @@ def main() -> None:
         results["compile"] = compiled_decode(model, short_ids, args.new_tokens)
         results["compile"]["text"] = tokenizer.decode(results["compile"].pop("tokens"), skip_special_tokens=True)
     results["wall_s"] = time.perf_counter() - started
+    results["load_average"] = {"start": load_before, "end": os.getloadavg()}  # (1, 5, 15 min): other processes
     results["provenance"] = provenance()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
@@ -349,7 +355,7 @@ def render(results: dict) -> str:
     llama = results["decode"]["llama.cpp"]["median"]
     for name, value in results["decode"].items():
         lines.append(f"| {name} | {_ci(value)} | {value['median'] / bound:.2f} | {value['median'] / llama:.2f} |")
-    reference = results["decode_texts"]["longreach fast_decode=False (before)"]
+    reference = results["decode_texts"][BEFORE]
     same = ", ".join(f"{name}: {text == reference}" for name, text in results["decode_texts"].items())
     lines += ["", f"Same answer text as the loop before issue 18 ({len(reference)} characters): {same} "
               "(llama.cpp computes with the Q4_1 weights themselves)", ""]  # fmt: skip
@@ -376,7 +382,8 @@ def render(results: dict) -> str:
                   f"{same_tokens}"]  # fmt: skip
     prov = results["provenance"]
     lines += ["", "## Provenance", "",
-              f"- wall time {results['wall_s']:.0f} s; args {results['args']}",
+              f"- wall time {results['wall_s']:.0f} s; args {results['args']}; load average (1, 5, 15 min) at the "
+              f"start {results['load_average']['start']}, at the end {results['load_average']['end']}",
               f"- git {prov.get('git_sha')}, torch {prov['torch_version']}, transformers "
               f"{prov['transformers_version']}, tokenizers {prov['tokenizers']}, llama-cpp-python {prov['llama_cpp']}, "
               f"python {prov['python']}",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from longreach import tokens
-from longreach.engine import Engine
+from longreach.engine import SPEEDUPS, Engine
 from longreach.generation import Request, cut_at_stop
 from longreach.methods import parse_stack
 
@@ -88,16 +88,18 @@ FAST_DECODE_STACKS = ["none", "yarn:factor=2", "selfextend:window=256:group=4", 
 
 @pytest.mark.parametrize("spec", [*FAST_DECODE_STACKS, "quantized:bits=4"])
 def test_fast_decode_gives_the_answers_of_the_earlier_loop(tiny, spec):
-    """Packed single-query attention, the preallocated cache and the streamed text change no token."""
+    """Packed single-query attention, the preallocated cache and the streamed text change no token, together or
+    one left out."""
     from longreach.tasks import parse_task
 
     sample = parse_task("niah_single_2").task.generate(tiny.tokenizer, 900, 0.5, seed=0, index=0)
     stack = parse_stack(spec)
     for request in (Request(sample.prompt, 40), Request(sample.prompt, 40, stop=("e",))):
-        before = Engine(tiny, fast_decode=False).generate(request, stack)
-        after = Engine(tiny).generate(request, stack)
-        assert after.text == before.text
-        assert (after.new_tokens, after.decode_steps) == (before.new_tokens, before.decode_steps)
+        before = Engine(tiny, speedups=()).generate(request, stack)
+        for speedups in [SPEEDUPS] + [[s for s in SPEEDUPS if s != left_out] for left_out in SPEEDUPS]:
+            after = Engine(tiny, speedups=speedups).generate(request, stack)
+            assert after.text == before.text
+            assert (after.new_tokens, after.decode_steps) == (before.new_tokens, before.decode_steps)
 
 
 def test_the_preallocated_cache_decodes_like_a_growing_one_and_is_plain_afterwards(tiny):
@@ -215,5 +217,12 @@ def test_packed_linears_give_the_logits_of_plain_linears_in_bf16():
     assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Linear)), "restored"
     adapter.drop_packed(model)
     request = Request("The grass is green. The sky is blue. The pass key is 12345. What is the pass key?", 24)
-    before = Engine(loaded, fast_decode=False).generate(request, parse_stack("none"))
+    before = Engine(loaded, speedups=()).generate(request, parse_stack("none"))
     assert Engine(loaded).generate(request, parse_stack("none")).text == before.text
+
+
+def test_unknown_speedups_are_refused_with_the_valid_ones(tiny):
+    from longreach.errors import LongreachError
+
+    with pytest.raises(LongreachError, match="packed_attention"):
+        Engine(tiny, speedups=("warp",))

@@ -19,8 +19,8 @@ heads of each KV group packed (:mod:`longreach.models.adapter.sdpa`: about 7x fa
 for the whole answer up front, so a step writes its keys in place instead of copying the cache
 (:func:`~longreach.models.adapter.preallocated`; caches a cache method made are left as they are); and the answer's
 text grows with tokenizers' ``DecodeStream`` (:mod:`.text`) instead of being re-decoded every step. The one host
-read a step is the next id (the end-of-sequence and stop checks need it). ``Engine(fast_decode=False)`` keeps the
-earlier loop for before/after measurements.
+read a step is the next id (the end-of-sequence and stop checks need it). Each of the four is named in
+:data:`SPEEDUPS`; ``Engine(speedups=())`` decodes as before issue 18 (for before/after measurements).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,18 +56,25 @@ class PromptRead:
     compressed_bytes: int
 
 
+SPEEDUPS = ("packed_attention", "packed_linears", "preallocated_cache", "decode_stream")
+
+
 class Engine:
     """Runs requests one at a time (batch 1) on ``loaded.model``.
 
     ``reuse_prefix``: keep the last uncompressed read (see :class:`PrefixCache`). The prefill time then covers
     only the recomputed part, so leave it off when measuring time; ``reused_tokens`` records what was skipped.
-    ``fast_decode=False`` decodes as the engine did before issue 18 (no packed attention, a cache that grows by
-    concatenation, the answer re-decoded every step): the same tokens, for before/after measurements.
+    ``speedups``: which of :data:`SPEEDUPS` decoding uses (all by default; ``()`` decodes as the engine did before
+    issue 18: transformers' attention and linear layers, a cache grown by concatenation, the answer re-decoded every
+    step). Every choice gives the same tokens.
     """
 
-    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False, fast_decode: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False, speedups: Iterable[str] = SPEEDUPS) -> None:
         self.loaded = loaded
-        self.fast_decode = fast_decode
+        self.speedups = frozenset(speedups)
+        unknown = sorted(self.speedups - set(SPEEDUPS))
+        if unknown:
+            raise LongreachError(f"unknown decode speedups {unknown}; valid: {', '.join(SPEEDUPS)}")
         self.tokenizer = loaded.tokenizer
         self.eos_ids = _eos_ids(loaded)
         self.prefixes = PrefixCache(reuse_prefix)
@@ -184,16 +192,18 @@ class Engine:
             torch.cuda.synchronize(logits.device)
         prefill_seconds = time.perf_counter() - start
         kv_bytes = after_prefill = adapter.cache_bytes(cache)
-        answer = AnswerText(self.tokenizer, request.stop, incremental=self.fast_decode)
+        answer = AnswerText(self.tokenizer, request.stop, incremental="decode_stream" in self.speedups)
         text: str | None = None
         decode_seconds, decode_steps = 0.0, 0
         model = self.loaded.model
         next_id = int(logits[0, -1].argmax())
         with contextlib.ExitStack() as fast:
-            if self.fast_decode:  # see the module docstring
+            if "packed_attention" in self.speedups:  # see the module docstring
                 fast.enter_context(adapter.packed_decode_attention(model))
+            if "packed_linears" in self.speedups:
                 fast.enter_context(adapter.packed_linears(model))
-                fast.enter_context(adapter.preallocated(cache, request.max_new_tokens - 1))  # the last id is not read
+            if "preallocated_cache" in self.speedups:  # the last id is never read: room for max_new_tokens - 1
+                fast.enter_context(adapter.preallocated(cache, request.max_new_tokens - 1))
             while next_id not in self.eos_ids:
                 text = answer.add(next_id)
                 if text is not None or len(answer.ids) >= request.max_new_tokens:
