@@ -1,7 +1,9 @@
 """The only package that reads transformers internals, split by what it adapts: :mod:`.config` (facts read off a
 config), :mod:`.rope` (rotary embeddings), :mod:`.attention` (the one hook layer for attention changes),
-:mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is fixed here once.
-Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of ``cache.layers``).
+:mod:`.sdpa` (decode steps of grouped-query attention, packed), :mod:`.linear` (bf16 linear layers on prepacked
+oneDNN weights), :mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is
+fixed here once. Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of
+``cache.layers``).
 """
 
 from longreach.models.adapter.attention import (
@@ -26,6 +28,7 @@ from longreach.models.adapter.cache import (
     layer_type,
     merge_rows,
     physical_bytes,
+    preallocated,
     select_rows,
     set_layer,
     set_layer_kv,
@@ -46,6 +49,7 @@ from longreach.models.adapter.forward import (
     last_hidden_states,
     next_token_nll,
 )
+from longreach.models.adapter.linear import drop_packed, packed_linears
 from longreach.models.adapter.rope import (
     apply_rope,
     long_range_layer_types,
@@ -57,6 +61,7 @@ from longreach.models.adapter.rope import (
     set_rope_parameters,
     with_rope_parameters,
 )
+from longreach.models.adapter.sdpa import packed_decode_attention
 
 __all__ = [
     "AttentionCall",
@@ -72,6 +77,7 @@ __all__ = [
     "causal_lm_from_state_dict",
     "clone_cache",
     "crop_cache",
+    "drop_packed",
     "empty_cache",
     "forget_dequantized_quantizer",
     "forward",
@@ -89,8 +95,11 @@ __all__ = [
     "model_attention",
     "native_context_length",
     "next_token_nll",
+    "packed_decode_attention",
+    "packed_linears",
     "patched_rope",
     "physical_bytes",
+    "preallocated",
     "rebuilt_rotary",
     "rope_parameters",
     "rotary_module",
