@@ -9,8 +9,8 @@ never longreach (kvpress 0.5.5 needs transformers < 5.3). CONFIG is JSON: ``mode
 Protocol: JSON lines. The worker loads the model (sdpa attention, on the CPU), prints one ready line
 ``{"ready": true, "versions": {...}, "threads": N}``, then answers each request line with one result line:
 
-- ``{"op": "generate", "ids", "split", "press", "max_new_tokens", "stop"}`` -> text, new token ids, times, peak RSS,
-  cache bytes (see :func:`generate`);
+- ``{"op": "generate", "ids", "split", "press", "max_new_tokens", "stop"}`` -> text, new token ids, times (wall and
+  this process's CPU seconds, for timing on a shared machine), peak RSS, cache bytes (see :func:`generate`);
 - ``{"op": "inspect", "ids", "split", "press"}`` -> each layer's kept positions per KV head and the float32 logits
   of the first answer token (the oracle test's view; see :func:`inspect`).
 
@@ -170,12 +170,12 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
     press = make_press(request["press"])
     reset_peak_rss()
     with attention(model, press):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         logits, cache, compressed = read(model, ids, request["split"], press)
-        prefill = time.perf_counter() - start
+        prefill, prefill_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         kv_bytes = cache_bytes(cache)
         new_ids: list[int] = []
-        text, steps, decode = "", 0, 0.0
+        text, steps, decode, decode_cpu = "", 0, 0.0, 0.0
         next_id = int(logits.argmax())
         while next_id not in eos:
             new_ids.append(next_id)
@@ -186,11 +186,12 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
                 break
             if len(new_ids) >= request["max_new_tokens"]:
                 break
-            step = time.perf_counter()
+            step, cpu_step = time.perf_counter(), time.process_time()
             position = torch.tensor([[ids.shape[1] + len(new_ids) - 1]])
             out = model(input_ids=torch.tensor([[next_id]]), past_key_values=cache, position_ids=position)
             next_id = int(out.logits[0, -1].argmax())
             decode += time.perf_counter() - step
+            decode_cpu += time.process_time() - cpu_step
             steps += 1
         seconds = time.perf_counter() - start
     return {
@@ -200,6 +201,8 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
         "prefill_seconds": prefill,
         "decode_seconds": decode,
         "decode_steps": steps,
+        "prefill_cpu_seconds": prefill_cpu,
+        "decode_cpu_seconds": decode_cpu,
         "peak_rss_mb": peak_rss_mb(),
         "kv_cache_bytes": max(kv_bytes, cache_bytes(cache)),
         "compressed_kv_bytes": compressed,
@@ -207,12 +210,25 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
 
 
 def kept_positions(full: torch.Tensor, kept: torch.Tensor) -> list[list[int]]:
-    """For each KV head, the sorted positions of the kept keys (1, k, m, d) among the full keys (1, k, n, d)."""
+    """For each KV head, the sorted positions of the kept keys (1, k, m, d) among the full keys (1, k, n, d): the
+    position whose key is bitwise the kept one (a press gathers keys, it never changes them); a kept key found
+    nowhere (none should be) goes to its nearest full key."""
     found = []
     for head in range(full.shape[1]):
-        distance = torch.cdist(kept[0, head].float(), full[0, head].float())
-        found.append(sorted(distance.argmin(dim=-1).tolist()))
+        rows = full[0, head].contiguous()
+        where = {_bytes(row): position for position, row in enumerate(rows)}
+        positions = []
+        for row in kept[0, head]:
+            position = where.get(_bytes(row))
+            if position is None:
+                position = int(torch.cdist(row[None].float(), rows.float()).argmin())
+            positions.append(position)
+        found.append(sorted(positions))
     return found
+
+
+def _bytes(row: torch.Tensor) -> bytes:
+    return row.contiguous().view(torch.uint8).numpy().tobytes()
 
 
 def inspect(model: Any, request: dict[str, Any]) -> dict[str, Any]:

@@ -242,10 +242,7 @@ class KvpressBackend:
     def _one(self, request: Request, press: dict[str, Any] | None) -> Generation:
         ids = tokens.encode(self.tokenizer, request.prompt)
         split = question_split(self.tokenizer, request, ids, press is not None)
-        message = {"op": "generate", "ids": ids, "split": split, "press": press}
-        answer = self.worker.ask({**message, "max_new_tokens": request.max_new_tokens, "stop": list(request.stop)})
-        if "error" in answer:
-            raise RuntimeError(f"kvpress: {answer['error']}")
+        answer = self._generate(ids, split, press, request.max_new_tokens, request.stop)
         return Generation(
             text=answer["text"],
             prompt_tokens=len(ids),
@@ -258,6 +255,23 @@ class KvpressBackend:
             decode_steps=answer["decode_steps"],
             compressed_kv_bytes=answer["compressed_kv_bytes"],
         )
+
+    def generate_ids(
+        self, ids: list[int], split: int | None, stack: MethodStack, max_new_tokens: int, stop: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """kvpress's answer to token ids read in two parts at ``split`` (None: at once) under ``stack``'s press: the
+        worker's record (``new_ids``, ``text``, wall and CPU seconds of the prefill and the decode, ``decode_steps``,
+        peak RSS, cache bytes), for benchmarks that compare on ids rather than prompts."""
+        return self._generate(ids, split, press_of(stack), max_new_tokens, stop)
+
+    def _generate(
+        self, ids: list[int], split: int | None, press: dict[str, Any] | None, max_new_tokens: int, stop: Any
+    ) -> dict[str, Any]:
+        message = {"op": "generate", "ids": ids, "split": split, "press": press}
+        answer = self.worker.ask({**message, "max_new_tokens": max_new_tokens, "stop": list(stop)})
+        if "error" in answer:
+            raise RuntimeError(f"kvpress: {answer['error']}")
+        return answer
 
     def inspect(self, ids: list[int], split: int, stack: MethodStack) -> dict[str, Any]:
         """kvpress's reading of ``ids`` under ``stack``'s press, compressing the first ``split`` tokens: each layer's

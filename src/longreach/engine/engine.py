@@ -154,9 +154,8 @@ class Engine:
         With prefix reuse the uncompressed read and its layer inputs are kept, and a copy is compressed."""
         model = self.loaded.model
         ids = torch.tensor([first])
-        if not self.prefixes.enabled:
-            with method.compressing(self.loaded, question):  # each layer compressed right after it is read
-                return 0, adapter.forward(model, ids)[1]
+        if not self.prefixes.enabled or method.reads_itself:  # each layer compressed right after it is read
+            return 0, method.read(self.loaded, ids, question)
         kept = self.prefixes.exact(base, first)
         reused = len(first)
         if kept is None:

@@ -55,6 +55,7 @@ class AdaKV(SnapKV):
     floor: float = field(default=0.2, metadata={"help": "fraction of the per-head budget every head keeps at least"})
 
     name: ClassVar[str] = "adakv"
+    in_chunks: ClassVar[str] = ""  # not SnapKV's: its choice is made once over the whole read
     summary: ClassVar[str] = "Ada-KV: a layer's budget spread over KV heads by their SnapKV scores (per-head eviction)"
     paper: ClassVar[str] = "Feng et al. 2024, Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation"
     example: ClassVar[str] = "adakv:compression_ratio=0.5:window=16"

@@ -19,6 +19,11 @@ Eviction composes with quantization through ``bits`` (8 or 4): the kept tokens a
 layout of ``quantized`` (group 64, :mod:`._kivi`), so ``snapkv:compression_ratio=0.5:bits=4`` holds half the
 tokens at about 0.29 of their bytes. A knob rather than a stack of two cache methods: the engine runs one cache
 method per read, and the quantizer must see the kept tokens, not the read.
+
+Compressing while reading (``read_chunk``, opt-in): the compressed part is read in chunks of ``read_chunk`` tokens
+and each layer evicts to its final budget after every chunk (:mod:`._chunked`), so attention costs O(n x kept)
+instead of O(n^2). It is an approximation of the one-shot read (the tokens read after an eviction see only the
+kept ones); a method that defines it says in ``in_chunks`` what stays exact, and the others refuse ``read_chunk``.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from longreach.methods.base import Kind, Method
+from longreach.methods.cache._chunked import read_in_chunks
 from longreach.methods.cache._kivi import QuantizedStorage
 from longreach.models import adapter
 from longreach.params import require
@@ -61,15 +67,28 @@ class CacheMethod(Method):
     def compressing(self, loaded: LoadedModel, question: int | None = None) -> Iterator[None]:
         """Compress every layer's cache right after its attention, for the forwards run inside the block.
         ``question``: the token index where the question begins in the read, when it holds one (each layer's
-        :class:`~longreach.models.adapter.LayerInput` carries it)."""
+        :class:`~longreach.models.adapter.LayerInput` carries it). The layer's input carries the queries its
+        attention computed, so scoring never projects them again."""
         n_layers = len(adapter.attention_modules(loaded.model))
 
         def hook(observed: adapter.LayerInput, cache: object) -> None:
             observed.question = question
             self.compress_layer(observed, cache, n_layers)
 
-        with adapter.after_attention(loaded.model, hook):
+        with adapter.after_attention(loaded.model, hook, with_queries=True):
             yield
+
+    @property
+    def reads_itself(self) -> bool:
+        """True when :meth:`read` reads the prompt its own way, so a kept uncompressed read (the engine's prefix
+        reuse) cannot stand in for it; False when compressing each layer of any read gives the same cache."""
+        return False
+
+    def read(self, loaded: LoadedModel, ids: torch.Tensor, question: int | None = None) -> Any:
+        """Read ``ids`` (1, n) from position 0 under this method and return the compressed cache: one forward with
+        every layer compressed right after its attention (:meth:`compressing`)."""
+        with self.compressing(loaded, question):
+            return adapter.forward(loaded.model, ids)[1]
 
 
 @dataclass(frozen=True)
@@ -82,11 +101,33 @@ class EvictingMethod(CacheMethod):
     )
     budget: int = field(default=0, metadata={"help": "tokens kept per layer instead of a ratio (0: use the ratio)"})
     bits: int = field(default=16, metadata={"help": "16: kept tokens in the model dtype; 8 | 4: quantized (KIVI)"})
+    read_chunk: int = field(
+        default=0,
+        metadata={
+            "help": "read the compressed part in chunks of this many tokens, evicting after each: attention "
+            "O(n x kept) instead of O(n^2), an approximation (0: one read, then evict, as kvpress)"
+        },
+    )
 
     QUANT_GROUP: ClassVar[int] = 64  # tokens sharing a key scale when ``bits`` quantizes the kept tokens
+    # What a chunked read (``read_chunk``) keeps exactly and what it approximates; "" when the method defines none.
+    in_chunks: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         require(self.bits in (16, 8, 4), f"{self.name}: bits must be 16, 8 or 4; got {self.bits}")
+        require(
+            self.read_chunk >= 0, f"{self.name}: read_chunk must be >= 0 tokens (0: one read); got {self.read_chunk}"
+        )
+        require(
+            not self.read_chunk or self.in_chunks,
+            f"{self.name}: read_chunk={self.read_chunk} is not defined for this method (its scores need the whole "
+            "read); use read_chunk=0",
+        )
+        require(
+            not (self.read_chunk and self.bits != 16),
+            f"{self.name}: read_chunk={self.read_chunk} evicts again after every chunk, which quantized storage "
+            f"(bits={self.bits}) cannot; use one of them",
+        )
         require(
             0.0 <= self.compression_ratio < 1.0,
             f"{self.name}: compression_ratio must be in [0, 1) (the fraction removed); got {self.compression_ratio}",
@@ -109,6 +150,17 @@ class EvictingMethod(CacheMethod):
     def scores(self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Importance of every cached token, (b, k, n) in float32; the highest ``kept`` are kept."""
         raise NotImplementedError
+
+    @property
+    def reads_itself(self) -> bool:
+        return self.read_chunk > 0
+
+    def read(self, loaded: LoadedModel, ids: torch.Tensor, question: int | None = None) -> Any:
+        """One forward compressing each layer after its attention, or with ``read_chunk`` a read in chunks evicting
+        after each (:func:`._chunked.read_in_chunks`)."""
+        if self.read_chunk and ids.shape[1] > self.read_chunk:
+            return read_in_chunks(self, loaded, ids, question)
+        return super().read(loaded, ids, question)
 
     def select(
         self, observed: adapter.LayerInput, keys: torch.Tensor, values: torch.Tensor, n_layers: int
@@ -140,13 +192,13 @@ class EvictingMethod(CacheMethod):
 def window_attention(observed: adapter.LayerInput, keys: torch.Tensor, window: int) -> torch.Tensor:
     """Softmax attention (b, h, w, n) of the last ``window`` queries over all n cached keys, causal inside the
     window, in float32 (SnapKV's observation window). keys (b, k, n, d) post-RoPE."""
-    queries = observed.queries(last=window).float()
+    queries = observed.queries(last=window).float() * observed.module.scaling  # scaled before the product: w x d
     b, h, w, d = queries.shape
     k, n = keys.shape[1], keys.shape[2]
     grouped = queries.reshape(b, k, (h // k) * w, d)
-    logits = (grouped @ keys.float().transpose(-1, -2)).reshape(b, h, w, n) * observed.module.scaling
+    logits = (grouped @ keys.float().transpose(-1, -2)).view(b, h, w, n)
     future = torch.ones(w, w, dtype=torch.bool, device=keys.device).triu(1)
-    logits[..., n - w :] = logits[..., n - w :].masked_fill(future, float("-inf"))
+    logits[..., n - w :].masked_fill_(future, float("-inf"))
     return logits.softmax(dim=-1)
 
 

@@ -51,6 +51,7 @@ class ChunkKV(SnapKV):
     chunk: int = field(default=20, metadata={"help": "tokens per chunk (kvpress's chunk_length)"})
 
     name: ClassVar[str] = "chunkkv"
+    in_chunks: ClassVar[str] = ""  # not SnapKV's: its choice is made once over the whole read
     summary: ClassVar[str] = "ChunkKV: SnapKV scores averaged over fixed-size chunks; whole chunks kept or dropped"
     paper: ClassVar[str] = (
         "Liu et al. 2025, ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference"

@@ -7,6 +7,8 @@ The budgets fall linearly from layer 0 to the last layer and average to the same
 re-balanced), layer l keeps ``round(max - l (max - min) / (L - 1))``; when the pyramid cannot be built the
 layer keeps ``round(n (1 - ratio))`` (SnapKV's count). Layers then hold different numbers of tokens.
 ``voters`` and ``group`` are SnapKV's (question-only voting, max over a KV head's query heads).
+In chunks (``read_chunk``, opt-in): SnapKV's chunked reading, each layer evicting to its pyramid budget of the whole
+read after every chunk (each layer attends with its own mask, since the layers hold different numbers of tokens).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Pyramid(EvictingMethod):
     group: Literal["mean", "max"] = field(default="mean", metadata={"help": "mean | max over a KV head's query heads"})
 
     name: ClassVar[str] = "pyramid"
+    in_chunks: ClassVar[str] = "as snapkv's, with each layer's pyramid budget of the whole read"
     summary: ClassVar[str] = "PyramidKV: SnapKV selection with budgets falling linearly from the first layer"
     paper: ClassVar[str] = "Cai et al. 2024, PyramidKV: Dynamic KV Cache Compression based on Pyramidal Funneling"
     example: ClassVar[str] = "pyramid:compression_ratio=0.5:window=8"

@@ -15,6 +15,12 @@ Question-only voting (``voters=question``): the voters are the question's tokens
 and context tokens just before the question do not vote; in a read without a question (question-agnostic) the
 last ``window`` vote. ``group=max`` takes the max over a KV head's query heads instead of the mean: a token one
 query head needs is kept. ``snapkv:voters=question:group=max:pooling=max:kernel=7`` is the question-aware setting.
+
+In chunks (``read_chunk``, opt-in): after every chunk the last ``window`` tokens of that chunk vote over the kept tokens
+and the chunk's (the question's tokens of the chunk with ``voters=question``). Exact: the final vote is cast by the
+same voters as a one-shot read's (the last window, or the question's tokens when the last chunk holds them all).
+Approximated: the earlier evictions follow voters that are not the final ones, and every token read after an
+eviction (voters included) attended only to the kept tokens.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def snapkv_scores(
     n = keys.shape[2]
     if voters == "question" and observed.question is not None:
         window = n - observed.question
-    window = min(window, n - 1)
+    window = min(window, n - 1, observed.hidden.shape[1])  # the voters are tokens of this read (a chunk's own)
     votes = window_attention(observed, keys, window)[..., : n - window].mean(dim=-2)
     pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
     votes = pool(votes, kernel_size=kernel, padding=kernel // 2, stride=1)
@@ -67,6 +73,9 @@ class SnapKV(EvictingMethod):
     group: Literal["mean", "max"] = field(default="mean", metadata={"help": "mean | max over a KV head's query heads"})
 
     name: ClassVar[str] = "snapkv"
+    in_chunks: ClassVar[str] = (
+        "exact: the last vote's voters; approximate: earlier evictions, every later token's context"
+    )
     summary: ClassVar[str] = "SnapKV: the last window's queries vote (pooled attention) for the keys to keep"
     paper: ClassVar[str] = "Li et al. 2024, SnapKV: LLM Knows What You are Looking for Before Generation"
     example: ClassVar[str] = "snapkv:compression_ratio=0.5:window=16"

@@ -53,6 +53,7 @@ class AttentionCall:
     attention_mask: Any
     kwargs: dict[str, Any]
     rotary: torch.nn.Module
+    rotated: torch.Tensor | None = None  # the rotated query (b, h, t, d), once the model's attention computed it
 
     @property
     def scaling(self) -> float:
@@ -98,9 +99,14 @@ class LayerInput:
     memo: dict[str, Any] = field(default_factory=dict)  # scores derived from this read, shared by methods
     question: int | None = None
     rotary: torch.nn.Module | None = None  # the model's rotary embedding (cos/sin of positions not read yet)
+    query: torch.Tensor | None = None  # the rotated queries (b, h, t, d) of the attention call, when kept
 
     def queries(self, last: int | None = None) -> torch.Tensor:
-        """Rotated queries (b, h, t', d) of the last ``last`` tokens (all when None), as attention saw them."""
+        """Rotated queries (b, h, t', d) of the last ``last`` tokens (all when None), as attention saw them: those
+        of the attention call when it kept them (:func:`after_attention` ``with_queries``), else recomputed from
+        the hidden states (the same projection and rotation)."""
+        if self.query is not None:
+            return self.query if last is None else self.query[:, :, -last:]
         hidden, cos, sin = self.hidden, self.cos, self.sin
         if last is not None:
             hidden, cos, sin = hidden[:, -last:], cos[:, -last:], sin[:, -last:]
@@ -131,8 +137,9 @@ def attention_modules(model: Any) -> list[torch.nn.Module]:
 
 
 def model_attention(call: AttentionCall) -> torch.Tensor:
-    """The end of every kernel chain: the model's own attention (RoPE, cache update, attention function)."""
-    query = apply_rope(call.query, call.cos, call.sin)
+    """The end of every kernel chain: the model's own attention (RoPE, cache update, attention function), the same
+    operations in the same order as a Llama-family module's forward. Keeps the rotated query on ``call.rotated``."""
+    query = call.rotated = apply_rope(call.query, call.cos, call.sin)
     key, value = apply_rope(call.key, call.cos, call.sin), call.value
     if call.cache is not None:
         key, value = call.cache.update(key, value, call.layer)
@@ -146,6 +153,7 @@ class _Hooks:
     rotary: torch.nn.Module
     kernels: list[Kernel] = field(default_factory=list)
     observers: list[Observer] = field(default_factory=list)
+    query_observers: int = 0  # observers that read the attention call's rotated queries
 
     def run(self, call: AttentionCall, depth: int) -> torch.Tensor:
         """Kernel ``depth`` of the chain (counting from the innermost), handing on to the one below it."""
@@ -163,7 +171,8 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         cos, sin = position_embeddings
-        if hooks.kernels:
+        rotated = None
+        if hooks.kernels or hooks.query_observers:  # the module's own steps, with the call's tensors at hand
             batch, length = hidden_states.shape[:2]
             shape = (batch, length, -1, module.head_dim)
             query = module.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -179,13 +188,15 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
             )  # fmt: skip
             output = hooks.run(call, len(hooks.kernels) - 1)
             result = (module.o_proj(output.reshape(batch, length, -1).contiguous()), None)
+            rotated = call.rotated if hooks.query_observers else None
         else:
             result = type(module).forward(
                 module, hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
                 cache=cache, **kwargs,
             )  # fmt: skip
         for observer in list(hooks.observers):
-            observer(LayerInput(module, module.layer_idx, hidden_states, cos, sin, rotary=hooks.rotary), cache)
+            observed = LayerInput(module, module.layer_idx, hidden_states, cos, sin, rotary=hooks.rotary, query=rotated)
+            observer(observed, cache)
         return result
 
     return forward
@@ -221,7 +232,20 @@ def attention_kernel(model: Any, kernel: Kernel) -> Iterator[None]:
 
 
 @contextmanager
-def after_attention(model: Any, observer: Observer) -> Iterator[None]:
-    """Call ``observer(layer_input, cache)`` after every layer's attention (its cache already holds the new keys)."""
-    with _hooked(model, lambda hooks: hooks.observers.append(observer), lambda hooks: hooks.observers.remove(observer)):
+def after_attention(model: Any, observer: Observer, with_queries: bool = False) -> Iterator[None]:
+    """Call ``observer(layer_input, cache)`` after every layer's attention (its cache already holds the new keys).
+    ``with_queries``: the layer's attention runs as :func:`model_attention` (the module's own operations, so the
+    same output) and ``layer_input.query`` holds the rotated queries it read, so an observer that scores with
+    queries does not project and rotate them again (kernels that replace the query leave it None)."""
+    count = 1 if with_queries else 0
+
+    def add(hooks: _Hooks) -> None:
+        hooks.observers.append(observer)
+        hooks.query_observers += count
+
+    def remove(hooks: _Hooks) -> None:
+        hooks.observers.remove(observer)
+        hooks.query_observers -= count
+
+    with _hooked(model, add, remove):
         yield
