@@ -140,7 +140,7 @@ class Engine:
             self.prefixes.drop()  # free the previous read before making a new one
             inputs: list[adapter.LayerInput] = []
             with adapter.after_attention(model, lambda observed, _cache: inputs.append(observed)):
-                full = adapter.forward(model, ids)[1]
+                full = adapter.fill_cache(model, ids)
             self.prefixes.keep(base, first, full, inputs)
             kept, reused = (adapter.clone_cache(full), inputs), 0
         cache, inputs = kept

@@ -86,9 +86,10 @@ class CacheMethod(Method):
 
     def read(self, loaded: LoadedModel, ids: torch.Tensor, question: int | None = None) -> Any:
         """Read ``ids`` (1, n) from position 0 under this method and return the compressed cache: one forward with
-        every layer compressed right after its attention (:meth:`compressing`)."""
+        every layer compressed right after its attention (:meth:`compressing`), filling the cache only (no logits:
+        the rest of the prompt is read next)."""
         with self.compressing(loaded, question):
-            return adapter.forward(loaded.model, ids)[1]
+            return adapter.fill_cache(loaded.model, ids)
 
 
 @dataclass(frozen=True)

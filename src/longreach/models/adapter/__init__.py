@@ -39,6 +39,7 @@ from longreach.models.adapter.config import (
     uses_rope,
 )
 from longreach.models.adapter.forward import (
+    fill_cache,
     forward,
     forward_rows,
     forward_with_grad,
@@ -71,6 +72,7 @@ __all__ = [
     "clone_cache",
     "crop_cache",
     "empty_cache",
+    "fill_cache",
     "forward",
     "forward_rows",
     "forward_with_grad",

@@ -54,6 +54,7 @@ class AttentionCall:
     kwargs: dict[str, Any]
     rotary: torch.nn.Module
     rotated: torch.Tensor | None = None  # the rotated query (b, h, t, d), once the model's attention computed it
+    output_needed: bool = True  # False: only the cache update matters (a kernel may return zeros, see fill_cache)
 
     @property
     def scaling(self) -> float:
@@ -143,6 +144,8 @@ def model_attention(call: AttentionCall) -> torch.Tensor:
     key, value = apply_rope(call.key, call.cos, call.sin), call.value
     if call.cache is not None:
         key, value = call.cache.update(key, value, call.layer)
+    if not call.output_needed:
+        return query.new_zeros(query.shape).transpose(1, 2)  # (b, t, h, d), never read
     return call.standard(query, key, value)
 
 

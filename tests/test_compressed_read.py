@@ -1,6 +1,8 @@
-"""Compressing while reading (``read_chunk``) and the queries scoring reuses from the attention call.
+"""How a cache method reads: a forward that only fills the cache, the queries scoring reuses from the attention
+call, and compressing while reading (``read_chunk``).
 
-Invariants: scoring with the attention call's queries changes nothing (same caches, same answers); a chunk as long
+Invariants: filling the cache without the last layer's output leaves the cache a full forward leaves; scoring with
+the attention call's queries changes nothing (same caches, same answers); a chunk as long
 as the read is the one-shot read; streaming keeps the one-shot positions and knorm the one-shot norms (layer 0,
 whose keys do not depend on the context); no layer ever holds more than its budget plus a chunk; the methods that
 do not define a chunked read refuse it with the reason.
@@ -42,6 +44,23 @@ def _one_shot(tiny, ids: torch.Tensor, spec: str):
             full = adapter.forward(tiny.model, ids)[1]
         kept = [method.select(o, *adapter.layer_kv(full, o.layer), len(inputs)) for o in inputs]
     return full, kept
+
+
+@pytest.mark.parametrize("spec", ["none", "snapkv:compression_ratio=0.5", "adakv:compression_ratio=0.5"])
+def test_filling_the_cache_only_leaves_the_cache_a_full_forward_leaves(tiny, ids, spec):
+    stack = parse_stack(spec)
+    seen = []
+    with torch.inference_mode(), stack.applied(tiny):
+        full = adapter.forward(tiny.model, ids)[1]
+        with adapter.after_attention(tiny.model, lambda observed, _cache: seen.append(observed.layer)):
+            filled = adapter.fill_cache(tiny.model, ids)
+        cache, split = adapter.forward(tiny.model, ids[:, :100])[1], adapter.forward(tiny.model, ids[:, :100])[1]
+        adapter.fill_cache(tiny.model, ids[:, 100:], cache, start=100)  # continuing a cache at explicit positions
+        adapter.forward(tiny.model, ids[:, 100:], split, start=100)
+    assert seen == list(range(len(full.layers))), "every layer's observers still run"
+    for layer, (ours, theirs) in enumerate(zip(filled.layers, full.layers, strict=True)):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert torch.equal(cache.layers[layer].keys, split.layers[layer].keys)
 
 
 @pytest.mark.parametrize("spec", ["snapkv:compression_ratio=0.5", "h2o:compression_ratio=0.5", "expected:0.5"])
