@@ -90,7 +90,8 @@ def test_the_queries_kept_are_those_the_hidden_states_give(tiny, ids):
         for observed in seen:
             kept = observed.queries(last=7)
             observed.query = None
-            assert torch.equal(kept, observed.queries(last=7))
+            # equal up to float rounding: projecting 7 rows or all rows may take different BLAS paths (threads)
+            torch.testing.assert_close(kept, observed.queries(last=7), rtol=1e-5, atol=1e-6)
     assert torch.equal(plain, hooked), "the attention call's own steps give the model's output"
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from longreach import tokens
-from longreach.engine import Engine
+from longreach.engine import SPEEDUPS, Engine
 from longreach.generation import Request, cut_at_stop
 from longreach.methods import parse_stack
 
@@ -81,3 +81,148 @@ def test_gpu_peak_is_zero_on_the_cpu():
     with peak_gpu("cpu") as peak:
         torch.ones(1000)
     assert peak.bytes == 0
+
+
+FAST_DECODE_STACKS = ["none", "yarn:factor=2", "selfextend:window=256:group=4", "snapkv:compression_ratio=0.5"]
+
+
+@pytest.mark.parametrize("spec", [*FAST_DECODE_STACKS, "quantized:bits=4"])
+def test_fast_decode_gives_the_answers_of_the_earlier_loop(tiny, spec):
+    """Packed single-query attention, the preallocated cache and the streamed text change no token, together or
+    one left out."""
+    from longreach.tasks import parse_task
+
+    sample = parse_task("niah_single_2").task.generate(tiny.tokenizer, 900, 0.5, seed=0, index=0)
+    stack = parse_stack(spec)
+    for request in (Request(sample.prompt, 40), Request(sample.prompt, 40, stop=("e",))):
+        before = Engine(tiny, speedups=()).generate(request, stack)
+        for speedups in [SPEEDUPS] + [[s for s in SPEEDUPS if s != left_out] for left_out in SPEEDUPS]:
+            after = Engine(tiny, speedups=speedups).generate(request, stack)
+            assert after.text == before.text
+            assert (after.new_tokens, after.decode_steps) == (before.new_tokens, before.decode_steps)
+
+
+def test_the_preallocated_cache_decodes_like_a_growing_one_and_is_plain_afterwards(tiny):
+    from longreach.models import adapter
+
+    ids = torch.tensor([tokens.encode(tiny.tokenizer, "word " * 200)])
+    n = ids.shape[1]
+    with torch.inference_mode():
+        _, growing = adapter.forward(tiny.model, ids)
+        kept = adapter.clone_cache(growing)
+        with adapter.preallocated(kept, 8) as applied:
+            assert applied
+            for step in range(10):  # two steps past the room: the cache grows as before
+                token = torch.tensor([[step + 3]])
+                expected, growing = adapter.forward(tiny.model, token, growing, n + step)
+                got, kept = adapter.forward(tiny.model, token, kept, n + step)
+                assert torch.equal(got, expected)
+    assert adapter.is_plain_cache(kept) and kept.get_seq_length() == n + 10
+    for layer in range(len(kept.layers)):
+        for got, expected in zip(adapter.layer_kv(kept, layer), adapter.layer_kv(growing, layer), strict=True):
+            assert torch.equal(got, expected)
+
+
+def test_the_preallocated_cache_counts_its_room_and_leaves_other_caches_alone(tiny):
+    from longreach.models import adapter
+
+    ids = torch.tensor([tokens.encode(tiny.tokenizer, "word " * 100)])
+    n = ids.shape[1]
+    with torch.inference_mode():
+        _, cache = adapter.forward(tiny.model, ids)
+        with adapter.preallocated(cache, 20):
+            pass
+        assert adapter.cache_bytes(cache) == tiny.kv_bytes_per_token * (n + 20), "physical: the buffers' bytes"
+        assert cache.get_seq_length() == n
+        adapter.set_layer_kv(cache, 0, *(t[:, :, :-1] for t in adapter.layer_kv(cache, 0)))  # lengths differ
+        with adapter.preallocated(cache, 20) as applied:
+            assert not applied
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_packed_decode_attention_matches_transformers_sdpa(groups):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from longreach.models.adapter.sdpa import packed_sdpa
+
+    module = torch.nn.Module()
+    module.num_key_value_groups = groups
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        query = torch.randn(2, 2 * groups, 1, 16, generator=generator).to(dtype)
+        key, value = (torch.randn(2, 2, 37, 16, generator=generator).to(dtype) for _ in range(2))
+        expected, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.25)
+        got, _ = packed_sdpa(module, query, key, value, None, scaling=0.25)
+        assert got.shape == expected.shape == (2, 1, 2 * groups, 16)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
+        mask[0, ..., :5] = False  # a masked step is transformers' own sdpa, untouched
+        assert torch.equal(
+            packed_sdpa(module, query, key, value, mask, scaling=0.25)[0],
+            sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)[0],
+        )
+
+
+def test_packed_decode_attention_is_restored_and_skips_other_implementations(tiny):
+    from longreach.models import adapter
+
+    with adapter.packed_decode_attention(tiny.model) as applied:
+        assert applied and tiny.model.config._attn_implementation == "longreach_sdpa"
+    assert tiny.model.config._attn_implementation == "sdpa"
+    tiny.model.set_attn_implementation("eager")
+    try:
+        with adapter.packed_decode_attention(tiny.model) as applied:
+            assert not applied and tiny.model.config._attn_implementation == "eager"
+    finally:
+        tiny.model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_streamed_answer_text_stops_where_full_decoding_does(which, tiny, smollm2_tokenizer):
+    """The DecodeStream text finds every stop exactly where re-decoding the whole answer each step would, and
+    ends as the full decode (random ids include partial UTF-8 bytes and special tokens)."""
+    from longreach.engine.text import AnswerText
+
+    tokenizer = tiny.tokenizer if which == "tiny" else smollm2_tokenizer
+    generator = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        ids = torch.randint(0, len(tokenizer), (60,), generator=generator).tolist()
+        stops = (("\n",), ("e",), ("the", " a"), ())[trial % 4]
+        streamed, full = AnswerText(tokenizer, stops), AnswerText(tokenizer, stops, incremental=False)
+        assert streamed._stream is not None
+        for token in ids:
+            cut = streamed.add(token)
+            assert cut == full.add(token)
+            if cut is not None:
+                break
+        assert streamed.decode() == tokenizer.decode(streamed.ids, skip_special_tokens=True)
+
+
+def test_packed_linears_give_the_logits_of_plain_linears_in_bf16():
+    from longreach.models import adapter, load_model
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bf16 support")
+    loaded = load_model("tiny-llama", "bf16")
+    model = loaded.model
+    ids = torch.tensor([tokens.encode(loaded.tokenizer, "word " * 50)])
+    with torch.inference_mode():
+        expected, cache = adapter.forward(model, ids)
+        step, cache = adapter.forward(model, torch.tensor([[5]]), cache, ids.shape[1])
+        with adapter.packed_linears(model) as count:
+            assert count == 2 * 7 + 1, "every projection of both layers and the head"
+            got, packed_cache = adapter.forward(model, ids)
+            got_step, _ = adapter.forward(model, torch.tensor([[5]]), packed_cache, ids.shape[1])
+    assert torch.equal(got, expected) and torch.equal(got_step, step)
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Linear)), "restored"
+    adapter.drop_packed(model)
+    request = Request("The grass is green. The sky is blue. The pass key is 12345. What is the pass key?", 24)
+    before = Engine(loaded, speedups=()).generate(request, parse_stack("none"))
+    assert Engine(loaded).generate(request, parse_stack("none")).text == before.text
+
+
+def test_unknown_speedups_are_refused_with_the_valid_ones(tiny):
+    from longreach.errors import LongreachError
+
+    with pytest.raises(LongreachError, match="packed_attention"):
+        Engine(tiny, speedups=("warp",))

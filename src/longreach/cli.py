@@ -28,6 +28,8 @@ from longreach.runner.export import export_instances
 from longreach.serve import ServeConfig, run_server
 from longreach.study import load_study, recorded_study, report_study, run_study
 from longreach.tasks import SUITES, TASKS, parse_task, suite_tasks
+from longreach.train.loop import TrainConfig, train
+from longreach.train.recipe import recipe_rows
 from longreach.weights import codec as weight_codec
 from longreach.weights.model import compress_model
 
@@ -220,6 +222,45 @@ def serve_command(
     return 0
 
 
+@app.command("train")
+def train_command(
+    model: str = MODEL,
+    recipe: str = typer.Option(..., "--recipe", help="recipe spec, e.g. abf:theta=500000 (`longreach recipes`)"),
+    data: str = typer.Option(..., "--data", help="tasks:niah_multikey_1,vt | text:DIR | short:passkey, joined by +"),
+    length: str = typer.Option(..., "--length", help="training length in tokens, e.g. 4k"),
+    steps: int = typer.Option(..., "--steps", help="optimizer steps"),
+    out_dir: Path = typer.Option(..., "--out", help="output folder: model/ (load it with eval), train.json"),
+    lora: str = typer.Option("r=16", "--lora", help="r=16[:alpha=32:dropout=0.05] | none (full fine-tuning)"),
+    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (0: 2e-4 with LoRA, 2e-5 without)"),
+    batch_tokens: str = typer.Option("8k", "--batch-tokens", help="tokens per optimizer step (accumulated)"),
+    prompt: str = typer.Option("auto", "--prompt", help="format of task prompts: auto | raw | chat"),
+    dtype: str = DTYPE,
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    seed: int = typer.Option(0, "--seed", help="data order and LoRA init; task samples use seed 10^9 + this"),
+    save_every: int = typer.Option(10, "--save-every", help="steps between checkpoints"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="recompute activations (memory)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> int:
+    """Train a model to read further with a long-context recipe; writes OUT/model for `longreach eval --model`."""
+    config = TrainConfig(
+        model, recipe, data, _one_length(length, "--length"), steps, out_dir, lora, lr,
+        _one_length(batch_tokens, "--batch-tokens"), dtype, device, seed, save_every, resume, prompt,
+        grad_checkpointing, quiet,
+    )  # fmt: skip
+    try:
+        summary = train(config)
+    except KeyboardInterrupt:
+        print(f"longreach: interrupted; checkpoints are in {out_dir}. Rerun with --resume.", file=sys.stderr)
+        return 130
+    out.print(
+        f"{summary.steps} steps, {summary.tokens:,} tokens in {summary.seconds:.0f} s "
+        f"({summary.tokens_per_s:,.0f} tokens/s), final loss {summary.final_loss:.4f}"
+    )
+    out.print(f"model: {summary.model_dir}  (longreach eval --model {summary.model_dir} ...)")
+    return 0
+
+
 @app.command("generate")
 def generate_command(
     model: str = MODEL,
@@ -353,6 +394,24 @@ def methods_command(
     return 0
 
 
+@app.command("recipes")
+def recipes_command(
+    markdown: bool = typer.Option(False, "--markdown", help="print a markdown table (the README's)"),
+) -> int:
+    """List the registered training recipes and their knobs (``longreach train --recipe``)."""
+    header = ["name", "description", "paper", "knobs (default)"]
+    if markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for row in recipe_rows():
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        return 0
+    table = Table(*header)
+    for row in recipe_rows():
+        table.add_row(*row)
+    out.print(table)
+    return 0
+
+
 @app.command("backends")
 def backends_command() -> int:
     """List the registered backends and executors and their options (``--backend``, ``--executor``)."""
@@ -389,6 +448,14 @@ def _tasks(task: str, suite: str) -> tuple[str, ...]:
         raise LongreachError("give --task (e.g. passkey) or --suite (e.g. ruler-lite); see `longreach tasks`")
     specs = [s.strip() for s in task.split(",") if s.strip()]
     return tuple(dict.fromkeys(specs + (list(suite_tasks(suite)) if suite.strip() else [])))
+
+
+def _one_length(text: str, option: str) -> int:
+    """One token count (``4k``, ``4096``) for ``option``."""
+    lengths = parse_lengths(text)
+    if len(lengths) != 1:
+        raise LongreachError(f"{option} takes one token count (e.g. 4k); got {text!r}")
+    return lengths[0]
 
 
 def _canonical(spec: str | None) -> str | None:

@@ -35,6 +35,15 @@ def _high_water_mark_bytes() -> int:
     raise OSError("VmHWM not found")
 
 
+def peak_rss_so_far() -> int:
+    """This process's peak resident set size in bytes since it started or the last ``peak_rss`` block began (Linux's
+    ``VmHWM``); the current RSS where that is unavailable."""
+    try:
+        return _high_water_mark_bytes()
+    except OSError:
+        return psutil.Process().memory_info().rss
+
+
 @dataclass
 class Peak:
     """Filled in when the ``peak_rss`` block exits."""

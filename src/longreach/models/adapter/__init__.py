@@ -1,7 +1,9 @@
 """The only package that reads transformers internals, split by what it adapts: :mod:`.config` (facts read off a
 config), :mod:`.rope` (rotary embeddings), :mod:`.attention` (the one hook layer for attention changes),
-:mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is fixed here once.
-Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of ``cache.layers``).
+:mod:`.sdpa` (decode steps of grouped-query attention, packed), :mod:`.linear` (bf16 linear layers on prepacked
+oneDNN weights), :mod:`.cache` (KV caches) and :mod:`.forward` (forward passes). An API change in transformers is
+fixed here once. Tested against transformers 5.24 (RoPE settings in ``config.rope_parameters``; caches made of
+``cache.layers``).
 """
 
 from longreach.models.adapter.attention import (
@@ -26,12 +28,14 @@ from longreach.models.adapter.cache import (
     layer_type,
     merge_rows,
     physical_bytes,
+    preallocated,
     select_rows,
     set_layer,
     set_layer_kv,
 )
 from longreach.models.adapter.config import (
     causal_lm_from_state_dict,
+    forget_dequantized_quantizer,
     hard_max_length,
     kv_bytes_per_token,
     native_context_length,
@@ -46,6 +50,7 @@ from longreach.models.adapter.forward import (
     last_hidden_states,
     next_token_nll,
 )
+from longreach.models.adapter.linear import drop_packed, packed_linears
 from longreach.models.adapter.rope import (
     apply_rope,
     long_range_layer_types,
@@ -54,8 +59,10 @@ from longreach.models.adapter.rope import (
     rope_parameters,
     rotary_module,
     rotate_half,
+    set_rope_parameters,
     with_rope_parameters,
 )
+from longreach.models.adapter.sdpa import packed_decode_attention
 
 __all__ = [
     "AttentionCall",
@@ -71,8 +78,10 @@ __all__ = [
     "causal_lm_from_state_dict",
     "clone_cache",
     "crop_cache",
+    "drop_packed",
     "empty_cache",
     "fill_cache",
+    "forget_dequantized_quantizer",
     "forward",
     "forward_rows",
     "forward_with_grad",
@@ -88,12 +97,16 @@ __all__ = [
     "model_attention",
     "native_context_length",
     "next_token_nll",
+    "packed_decode_attention",
+    "packed_linears",
     "patched_rope",
     "physical_bytes",
+    "preallocated",
     "rebuilt_rotary",
     "rope_parameters",
     "rotary_module",
     "rotate_half",
+    "set_rope_parameters",
     "select_rows",
     "set_layer",
     "set_layer_kv",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -132,3 +134,62 @@ def select_rows(cache: Any, rows: list[int], drop: int = 0) -> None:
     for layer in range(len(cache.layers)):
         keys, values = layer_kv(cache, layer)
         set_layer_kv(cache, layer, keys[:, :, drop:].index_select(0, index), values[:, :, drop:].index_select(0, index))
+
+
+def _preallocated_layer(capacity: int) -> type:
+    """A ``DynamicLayer`` whose keys and values are views into buffers of ``capacity`` slots (b, k, capacity, d):
+    ``update`` writes the new tokens in place instead of concatenating (which copies the whole layer every step)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            keys, values = layer.keys, layer.values
+            length = keys.shape[-2]
+            self.key_buffer = keys.new_empty((*keys.shape[:2], max(capacity, length), keys.shape[-1]))
+            self.value_buffer = values.new_empty((*values.shape[:2], max(capacity, length), values.shape[-1]))
+            self.key_buffer[:, :, :length].copy_(keys)
+            self.value_buffer[:, :, :length].copy_(values)
+            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+            self.device, self.is_initialized = keys.device, True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            length, new = self.keys.shape[-2], key_states.shape[-2]  # the views' length (``crop`` shortens them)
+            if length + new > self.key_buffer.shape[-2]:  # past the capacity: grow as a DynamicLayer would
+                self.key_buffer = torch.cat([self.keys, key_states], dim=-2)
+                self.value_buffer = torch.cat([self.values, value_states], dim=-2)
+            else:
+                self.key_buffer[:, :, length : length + new].copy_(key_states)
+                self.value_buffer[:, :, length : length + new].copy_(value_states)
+            self.keys = self.key_buffer[:, :, : length + new]
+            self.values = self.value_buffer[:, :, : length + new]
+            return self.keys, self.values
+
+    return PreallocatedLayer
+
+
+@contextmanager
+def preallocated(cache: Any, new_tokens: int) -> Iterator[bool]:
+    """For the block, a plain cache (:func:`is_plain_cache`) writes new tokens in place into buffers with room
+    for ``new_tokens`` more tokens per layer (allocated now, the tokens held copied in), so a decode step costs
+    no copy of the cache (past the room it grows as before). Yields whether it applied: other caches (a cache
+    method's layers, different lengths per layer, empty) are left as they are. On exit the layers are plain
+    ``DynamicLayer`` objects again, holding views of the buffers: the cache's physical bytes
+    (:func:`cache_bytes`) are the buffers' (held tokens + ``new_tokens``), whatever was used."""
+    from transformers.cache_utils import DynamicLayer
+
+    if not is_plain_cache(cache) or not cache.layers or cache.get_seq_length() == 0:
+        yield False
+        return
+    layer_class = _preallocated_layer(cache.get_seq_length() + max(new_tokens, 0))
+    cache.layers[:] = [layer_class(layer) for layer in cache.layers]
+    try:
+        yield True
+    finally:
+        plain = []
+        for layer in cache.layers:
+            restored = DynamicLayer()
+            restored.keys, restored.values = layer.keys, layer.values
+            restored.device, restored.is_initialized = layer.device, layer.is_initialized
+            plain.append(restored)
+        cache.layers[:] = plain

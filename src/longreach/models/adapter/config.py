@@ -53,3 +53,19 @@ def causal_lm_from_state_dict(config: Any, state_dict: dict[str, torch.Tensor], 
 
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     return model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype).eval()
+
+
+def forget_dequantized_quantizer(model: Any) -> None:
+    """Detach the quantizer a load left on ``model`` when its weights were dequantized on load (a GGUF file without
+    GGUF matmul kernels: transformers' legacy loader, or its ``dequantize`` mode), so ``save_pretrained`` writes the
+    plain weights it holds. Raises ValueError when modules still hold packed quantized weights."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "packed_modules", None) or any(not p.is_floating_point() for p in model.parameters()):
+        method = getattr(quantizer.quantization_config, "quant_method", "?")
+        raise ValueError(f"its weights are packed {getattr(method, 'value', method)} blocks, not plain tensors")
+    model.hf_quantizer = None
+    for config in {id(model.config): model.config, id(text_config(model.config)): text_config(model.config)}.values():
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config

@@ -97,21 +97,39 @@ def patched_rope(model: Any, provider: RopeProvider, layer_types: list[str | Non
         del module.forward  # the instance attribute goes; the class's forward is visible again
 
 
+def _rotary_owner(model: Any, module: torch.nn.Module) -> Any:
+    base = getattr(model, "model", model)
+    return base if getattr(base, "rotary_emb", None) is module else base.language_model
+
+
 @contextmanager
 def rebuilt_rotary(model: Any, updates: dict[str, Any]) -> Iterator[None]:
     """Rebuild the rotary module from a config whose rope_parameters include ``updates``, so transformers'
     own RoPE code (its rope init functions and dynamic update) runs: the peer baseline. Restored on exit."""
-    base = getattr(model, "model", model)
     module = rotary_module(model)
     layer_types = long_range_layer_types(model.config)
     config = with_rope_parameters(model.config, updates, layer_types)
     replacement = type(module)(config).to(next(model.parameters()).device)
-    owner = base if getattr(base, "rotary_emb", None) is module else base.language_model
+    owner = _rotary_owner(model, module)
     owner.rotary_emb = replacement
     try:
         yield
     finally:
         owner.rotary_emb = module
+
+
+def set_rope_parameters(model: Any, updates: dict[str, Any], max_position_embeddings: int | None = None) -> None:
+    """Change the model's RoPE for good (training recipes): ``updates`` merged into the (long-range) rope_parameters
+    of its config, ``max_position_embeddings`` set when given, and the rotary module rebuilt from that config, so
+    transformers' own rope init function computes inv_freq and ``save_pretrained`` writes the change."""
+    module = rotary_module(model)
+    cfg = text_config(model.config)
+    cfg.rope_parameters = with_rope_parameters(
+        model.config, updates, long_range_layer_types(model.config)
+    ).rope_parameters
+    if max_position_embeddings is not None:
+        cfg.max_position_embeddings = max_position_embeddings
+    _rotary_owner(model, module).rotary_emb = type(module)(cfg).to(next(model.parameters()).device)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
