@@ -216,13 +216,12 @@ def attention_mass(observed: adapter.LayerInput, keys: torch.Tensor, block: int 
     g = h // k
     keys32 = keys.float()
     mass = torch.zeros(b, h, n, dtype=torch.float32, device=keys.device)
+    future = torch.ones(block, block, dtype=torch.bool, device=keys.device).triu(1)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        q = queries[:, :, start:stop].float().reshape(b, k, g * (stop - start), d)
-        logits = (q @ keys32[:, :, :stop].transpose(-1, -2)).reshape(b, h, stop - start, stop)
-        logits = logits * observed.module.scaling
-        rows = torch.arange(start, stop, device=keys.device)[:, None]
-        logits = logits.masked_fill(torch.arange(stop, device=keys.device)[None, :] > rows, float("-inf"))
+        q = (queries[:, :, start:stop].float() * observed.module.scaling).reshape(b, k, g * (stop - start), d)
+        logits = (q @ keys32[:, :, :stop].transpose(-1, -2)).view(b, h, stop - start, stop)
+        logits[..., start:].masked_fill_(future[: stop - start, : stop - start], float("-inf"))  # causal block
         mass[..., :stop] += logits.softmax(dim=-1).sum(dim=-2)
     observed.memo["attention_mass"] = mass
     return mass

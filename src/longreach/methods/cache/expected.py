@@ -34,7 +34,10 @@ from longreach.params import require
 
 
 def prerope_queries(observed: adapter.LayerInput, skip: int) -> torch.Tensor:
-    """Queries (b, h, t - skip, d) before RoPE (after q_norm where the model has one), of the read's tokens."""
+    """Queries (b, h, t - skip, d) before RoPE (after q_norm where the model has one), of the read's tokens: those
+    the attention call computed when the layer input keeps them, else projected from the hidden states."""
+    if observed.prerope_query is not None:
+        return observed.prerope_query[:, :, skip:]
     module, hidden = observed.module, observed.hidden[:, skip:]
     query = module.q_proj(hidden).view(*hidden.shape[:2], -1, module.head_dim).transpose(1, 2)
     return module.q_norm(query) if hasattr(module, "q_norm") else query
