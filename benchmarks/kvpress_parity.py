@@ -163,21 +163,35 @@ def parity(loaded: Any, engine: Engine, kvpress: Any, length: int, max_new_token
 
 # ---------------------------------------------------------------- (b) timing
 def time_ours(engine: Engine, request: Request, spec: str) -> dict[str, Any]:
+    """One request through our engine; ``compress_seconds``: the method's per-layer compression (scoring and
+    gathering, as kvpress's ``compress``), timed around each call (None for a chunked read, which scores inside)."""
+    stack = parse_stack(spec)
+    method, spent = stack.of_kind("cache"), [0.0]
+    if method is not None:
+        compress = method.compress_layer
+
+        def timed(*args: Any) -> None:
+            start = time.perf_counter()
+            compress(*args)
+            spent[0] += time.perf_counter() - start
+
+        object.__setattr__(method, "compress_layer", timed)  # this stack's instance only
     cpu = time.process_time()
-    generation = engine.generate(request, parse_stack(spec))
+    generation = engine.generate(request, stack)
     return {
         "prefill_seconds": generation.prefill_seconds,
         "decode_seconds": generation.decode_seconds,
         "decode_steps": generation.decode_steps,
         "cpu_seconds": time.process_time() - cpu,
         "peak_rss_mb": generation.peak_rss_mb,
+        "compress_seconds": None if method is None or method.reads_itself else spent[0],
         "text": generation.text,
     }
 
 
 def time_kvpress(kvpress: Any, ids: list[int], split: int, spec: str, max_new_tokens: int) -> dict[str, Any]:
     answer = kvpress.generate_ids(ids, split if spec != "none" else None, parse_stack(spec), max_new_tokens)
-    keep = ("prefill_seconds", "decode_seconds", "decode_steps", "peak_rss_mb", "text")
+    keep = ("prefill_seconds", "decode_seconds", "decode_steps", "peak_rss_mb", "compress_seconds", "text")
     return {
         **{key: answer[key] for key in keep},
         "cpu_seconds": answer["prefill_cpu_seconds"] + answer["decode_cpu_seconds"],
@@ -220,6 +234,13 @@ def estimate(values: list[float], digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def compression(row: dict[str, Any]) -> str:
+    """Median seconds of the per-layer compression calls of a read (ours / kvpress)."""
+    if not row["ours_compress"] or not row["kvpress_compress"]:
+        return "-"
+    return f"{statistics.median(row['ours_compress']):.2f} / {statistics.median(row['kvpress_compress']):.2f}"
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per press (and chunked row): medians, intervals and paired ratios over the repetitions both tools ran."""
     by = {(r["rep"], r["tool"], r["press"]): r for r in runs if "skipped" not in r}
@@ -250,6 +271,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "kvpress_decode": [speed(r) for r in theirs],
                 "decode_ratio": decode_ratio,
                 "cpu_ratio": cpu_ratio,
+                "ours_compress": [r["compress_seconds"] for r in mine if r.get("compress_seconds") is not None],
+                "kvpress_compress": [r["compress_seconds"] for r in theirs if r.get("compress_seconds")],
                 "same_text": all(a["text"] == b["text"] for a, b in zip(mine, theirs, strict=True)),
                 "ours_rss": statistics.median(r["peak_rss_mb"] for r in mine),
                 "kvpress_rss": statistics.median(r["peak_rss_mb"] for r in theirs),
@@ -310,11 +333,14 @@ def render(record: dict[str, Any]) -> str:
         "",
         "Medians over the repetitions with percentile-bootstrap 95% intervals; ratio: median of the per-repetition "
         "ratios ours / kvpress (prefill: < 1 is faster; decode tok/s: > 1 is faster). CPU ratio: CPU seconds of "
-        "the whole request, ours / kvpress (less sensitive to other load on the shared CPU).",
+        "the whole request, ours / kvpress (less sensitive to other load on the shared CPU). Compression s: the "
+        "seconds of the per-layer compression calls of one read (scoring and gathering; kvpress's `compress`), "
+        "medians.",
         "",
         "| ours | kvpress press | n | ours prefill s | kvpress prefill s | prefill ratio | ours decode tok/s | "
-        "kvpress decode tok/s | decode ratio | CPU ratio | same answer | peak RSS MiB ours / kvpress |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "kvpress decode tok/s | decode ratio | CPU ratio | compression s ours / kvpress | same answer | "
+        "peak RSS MiB ours / kvpress |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         lines.append(
@@ -322,7 +348,8 @@ def render(record: dict[str, Any]) -> str:
             f"{estimate(row['kvpress_prefill'])} | {estimate(row['prefill_ratio'], 3)} | "
             f"{estimate(row['ours_decode'])} | {estimate(row['kvpress_decode'])} | "
             f"{estimate(row['decode_ratio'], 3)} | "
-            f"{estimate(row['cpu_ratio'], 3)} | {row['same_text']} | {row['ours_rss']:.0f} / {row['kvpress_rss']:.0f} |"
+            f"{estimate(row['cpu_ratio'], 3)} | {compression(row)} | {row['same_text']} | "
+            f"{row['ours_rss']:.0f} / {row['kvpress_rss']:.0f} |"
         )
     skipped = [run for run in record.get("runs", []) if "skipped" in run]
     if skipped:
