@@ -191,7 +191,10 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
                 hooks.rotary,
             )  # fmt: skip
             output = hooks.run(call, len(hooks.kernels) - 1)
-            result = (module.o_proj(output.reshape(batch, length, -1).contiguous()), None)
+            if call.output_needed:
+                result = (module.o_proj(output.reshape(batch, length, -1).contiguous()), None)
+            else:  # only the cache mattered (adapter.fill_cache): the forward stops here, nothing reads this
+                result = (hidden_states.new_zeros(hidden_states.shape), None)
             if hooks.query_observers and call.rotated is not None:
                 rotated, prerope = call.rotated, call.query
         else:
