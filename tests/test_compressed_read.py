@@ -19,6 +19,7 @@ from longreach.errors import LongreachError
 from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.cache import _chunked
+from longreach.methods.cache.base import EvictingMethod
 from longreach.models import adapter
 from longreach.tasks import parse_task
 
@@ -79,6 +80,31 @@ def test_scoring_with_the_attention_calls_queries_changes_nothing(tiny, ids, spe
             adapter.forward(tiny.model, ids, recomputed)
     for ours, theirs in zip(reused.layers, recomputed.layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+@pytest.mark.parametrize("mode", ["aware", "agnostic"])
+def test_the_read_optimisations_change_no_answer(tiny, sample, mode, monkeypatch):
+    """Before issue 18 a compressed read was a full forward whose observers projected the queries again; the
+    answers (greedy tokens) and the compressed bytes are the same with the cache filled only and the call's
+    queries reused."""
+    specs = [f"{name}:compression_ratio=0.5" for name in ("snapkv", "pyramid", "streaming", "knorm", "h2o", "expected")]
+    request = Request(sample.prompt, 24, (), len(sample.context), mode)
+    after = [Engine(tiny).generate(request, parse_stack(spec)) for spec in specs]
+
+    def earlier(self, loaded, ids, question=None):
+        n_layers = len(adapter.attention_modules(loaded.model))
+
+        def hook(observed, cache):
+            observed.question = question
+            self.compress_layer(observed, cache, n_layers)
+
+        with adapter.after_attention(loaded.model, hook):
+            return adapter.forward(loaded.model, ids)[1]
+
+    monkeypatch.setattr(EvictingMethod, "read", earlier)
+    before = [Engine(tiny).generate(request, parse_stack(spec)) for spec in specs]
+    for spec, old, new in zip(specs, before, after, strict=True):
+        assert (old.text, old.compressed_kv_bytes) == (new.text, new.compressed_kv_bytes), spec
 
 
 def test_the_queries_kept_are_those_the_hidden_states_give(tiny, ids):
