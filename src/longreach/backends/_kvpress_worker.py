@@ -10,7 +10,8 @@ Protocol: JSON lines. The worker loads the model (sdpa attention, on the CPU), p
 ``{"ready": true, "versions": {...}, "threads": N}``, then answers each request line with one result line:
 
 - ``{"op": "generate", "ids", "split", "press", "max_new_tokens", "stop"}`` -> text, new token ids, times (wall and
-  this process's CPU seconds, for timing on a shared machine), peak RSS, cache bytes (see :func:`generate`);
+  this process's CPU seconds, for timing on a shared machine; the seconds spent in the press's ``compress``),
+  peak RSS, cache bytes (see :func:`generate`);
 - ``{"op": "inspect", "ids", "split", "press"}`` -> each layer's kept positions per KV head and the float32 logits
   of the first answer token (the oracle test's view; see :func:`inspect`).
 
@@ -148,6 +149,20 @@ def capturing_keys(model: Any, full: dict[int, torch.Tensor]) -> Iterator[None]:
             handle.remove()
 
 
+def timed_compress(press: Any, spent: list[float]) -> None:
+    """Add the seconds of every ``press.compress`` call (scoring and gathering, per layer) to ``spent[0]``."""
+    compress = press.compress
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return compress(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    press.compress = timed
+
+
 def read(model: Any, ids: torch.Tensor, split: int | None, press: Any) -> tuple[torch.Tensor, Any, int]:
     """Read the prompt (kvpress's pipeline protocol): (first answer token's logits, cache, bytes once compressed)."""
     from transformers import DynamicCache
@@ -168,6 +183,9 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
     """Read the prompt under the press, then decode greedily until EOS, ``max_new_tokens`` or a stop string."""
     ids = torch.tensor([request["ids"]])
     press = make_press(request["press"])
+    compress_seconds = [0.0]
+    if press is not None:
+        timed_compress(press, compress_seconds)
     reset_peak_rss()
     with attention(model, press):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -202,6 +220,7 @@ def generate(model: Any, tokenizer: Any, eos: set[int], request: dict[str, Any])
         "decode_seconds": decode,
         "decode_steps": steps,
         "prefill_cpu_seconds": prefill_cpu,
+        "compress_seconds": compress_seconds[0],
         "decode_cpu_seconds": decode_cpu,
         "peak_rss_mb": peak_rss_mb(),
         "kv_cache_bytes": max(kv_bytes, cache_bytes(cache)),

@@ -9,8 +9,12 @@ over the input and calls :meth:`Engine.complete` for the answer (readers are eng
 With a cache method (or a question-agnostic request) the prompt is read in two parts: first the part that is
 compressed (question-aware: all but the last token; question-agnostic: the context), with the cache method
 compressing each layer as it is read, then the rest on top of the compressed cache. Every new token is therefore
-computed from the compressed cache, as in kvpress's pipeline. One :class:`~longreach.engine.prefix.PrefixCache`
-serves both prefix reuse and shared reads between cache methods.
+computed from the compressed cache, as in kvpress's pipeline. The compressed part is read by the method
+(:meth:`~longreach.methods.cache.base.CacheMethod.read`): a forward that only fills the cache (its logits are never
+read, so the last layer's attention output, MLP and head are skipped: :func:`~longreach.models.adapter.fill_cache`),
+scoring with the queries the attention call computed, or, with an evicting method's opt-in ``read_chunk``, a read
+in chunks that evicts after each. One :class:`~longreach.engine.prefix.PrefixCache` serves both prefix reuse and
+shared reads between cache methods (a chunked read reads the prompt itself).
 
 Decoding (issue 18, measured in ``benchmarks/engine_speed.py``): single-query attention steps run with the query
 heads of each KV group packed (:mod:`longreach.models.adapter.sdpa`: about 7x faster per layer than transformers'
@@ -162,7 +166,7 @@ class Engine:
             self.prefixes.drop()  # free the previous read before making a new one
             inputs: list[adapter.LayerInput] = []
             with adapter.after_attention(model, lambda observed, _cache: inputs.append(observed)):
-                full = adapter.forward(model, ids)[1]
+                full = adapter.fill_cache(model, ids)
             self.prefixes.keep(base, first, full, inputs)
             kept, reused = (adapter.clone_cache(full), inputs), 0
         cache, inputs = kept

@@ -80,6 +80,8 @@ def read_in_chunks(method: EvictingMethod, loaded: LoadedModel, ids: torch.Tenso
         if call.layer not in slots:
             slots[call.layer] = _Slots(key, call.value, budgets[call.layer] + chunk)
         keys, values = slots[call.layer].append(key, call.value)
+        if not call.output_needed:  # the last layer: its keys are all the read needs (adapter.fill_cache)
+            return query.new_zeros(query.shape).transpose(1, 2)
         t, m = query.shape[2], keys.shape[2]
         mask = None  # the first chunk: causal (sdpa's own), nothing held before it
         if m > t:  # every held token visible, causal among the chunk's own (the last t slots)
@@ -101,7 +103,7 @@ def read_in_chunks(method: EvictingMethod, loaded: LoadedModel, ids: torch.Tenso
     with adapter.attention_kernel(model, kernel), adapter.after_attention(model, evict, with_queries=True):
         for start in range(0, n, chunk):
             read["start"], read["stop"] = start, min(start + chunk, n)
-            adapter.forward(model, ids[:, start : read["stop"]], adapter.empty_cache(model), start)
+            adapter.fill_cache(model, ids[:, start : read["stop"]], adapter.empty_cache(model), start)
     cache = adapter.empty_cache(model)
     for layer in range(n_layers):
         keys, values = slots[layer].held()

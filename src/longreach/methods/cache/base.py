@@ -86,9 +86,10 @@ class CacheMethod(Method):
 
     def read(self, loaded: LoadedModel, ids: torch.Tensor, question: int | None = None) -> Any:
         """Read ``ids`` (1, n) from position 0 under this method and return the compressed cache: one forward with
-        every layer compressed right after its attention (:meth:`compressing`)."""
+        every layer compressed right after its attention (:meth:`compressing`), filling the cache only (no logits:
+        the rest of the prompt is read next)."""
         with self.compressing(loaded, question):
-            return adapter.forward(loaded.model, ids)[1]
+            return adapter.fill_cache(loaded.model, ids)
 
 
 @dataclass(frozen=True)
@@ -215,13 +216,12 @@ def attention_mass(observed: adapter.LayerInput, keys: torch.Tensor, block: int 
     g = h // k
     keys32 = keys.float()
     mass = torch.zeros(b, h, n, dtype=torch.float32, device=keys.device)
+    future = torch.ones(block, block, dtype=torch.bool, device=keys.device).triu(1)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        q = queries[:, :, start:stop].float().reshape(b, k, g * (stop - start), d)
-        logits = (q @ keys32[:, :, :stop].transpose(-1, -2)).reshape(b, h, stop - start, stop)
-        logits = logits * observed.module.scaling
-        rows = torch.arange(start, stop, device=keys.device)[:, None]
-        logits = logits.masked_fill(torch.arange(stop, device=keys.device)[None, :] > rows, float("-inf"))
+        q = (queries[:, :, start:stop].float() * observed.module.scaling).reshape(b, k, g * (stop - start), d)
+        logits = (q @ keys32[:, :, :stop].transpose(-1, -2)).view(b, h, stop - start, stop)
+        logits[..., start:].masked_fill_(future[: stop - start, : stop - start], float("-inf"))  # causal block
         mass[..., :stop] += logits.softmax(dim=-1).sum(dim=-2)
     observed.memo["attention_mass"] = mass
     return mass

@@ -34,7 +34,10 @@ from longreach.params import require
 
 
 def prerope_queries(observed: adapter.LayerInput, skip: int) -> torch.Tensor:
-    """Queries (b, h, t - skip, d) before RoPE (after q_norm where the model has one), of the read's tokens."""
+    """Queries (b, h, t - skip, d) before RoPE (after q_norm where the model has one), of the read's tokens: those
+    the attention call computed when the layer input keeps them, else projected from the hidden states."""
+    if observed.prerope_query is not None:
+        return observed.prerope_query[:, :, skip:]
     module, hidden = observed.module, observed.hidden[:, skip:]
     query = module.q_proj(hidden).view(*hidden.shape[:2], -1, module.head_dim).transpose(1, 2)
     return module.q_norm(query) if hasattr(module, "q_norm") else query
@@ -72,13 +75,16 @@ def expected_scores(
     rotation = average_rotation(observed, observed.hidden.shape[1], future)
     mean = mean @ rotation.T
     h = mean.shape[1]
-    expanded = keys[:, :, sinks:].float().repeat_interleave(h // k, dim=1)  # (b, h, n - sinks, d)
-    logits = (expanded @ mean.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
+    g, m = h // k, n - sinks
+    kept = keys[:, :, sinks:].float()  # (b, k, m, d): each KV head's keys serve its g query heads, never repeated
+    logits = (kept @ mean.view(b, k, g, d).transpose(-1, -2)).transpose(-1, -2).reshape(b, h, m) / math.sqrt(d)
     if covariance:
         centered = queries - queries.mean(dim=2, keepdim=True)
         cov = centered.transpose(-1, -2) @ centered / queries.shape[2]  # (b, h, d, d)
         cov = rotation @ cov @ rotation.T
-        logits = logits + ((expanded @ cov) * expanded).sum(dim=-1) / d / 2
+        side = cov.view(b, k, g, d, d).permute(0, 1, 3, 2, 4).reshape(b, k, d, g * d)  # a group's d x (g d)
+        quadratic = ((kept @ side).view(b, k, m, g, d) * kept.unsqueeze(3)).sum(dim=-1)  # k^T C k: (b, k, m, g)
+        logits = logits + quadratic.transpose(-1, -2).reshape(b, h, m) / d / 2
     scores = per_kv_head(logits.softmax(dim=-1), k)
     if vnorm:
         scores = scores * values[:, :, sinks:].float().norm(dim=-1)

@@ -43,6 +43,7 @@ from longreach.models.adapter.config import (
     uses_rope,
 )
 from longreach.models.adapter.forward import (
+    fill_cache,
     forward,
     forward_rows,
     forward_with_grad,
@@ -79,6 +80,7 @@ __all__ = [
     "crop_cache",
     "drop_packed",
     "empty_cache",
+    "fill_cache",
     "forget_dequantized_quantizer",
     "forward",
     "forward_rows",

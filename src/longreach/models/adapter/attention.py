@@ -54,6 +54,7 @@ class AttentionCall:
     kwargs: dict[str, Any]
     rotary: torch.nn.Module
     rotated: torch.Tensor | None = None  # the rotated query (b, h, t, d), once the model's attention computed it
+    output_needed: bool = True  # False: only the cache update matters (a kernel may return zeros, see fill_cache)
 
     @property
     def scaling(self) -> float:
@@ -100,6 +101,7 @@ class LayerInput:
     question: int | None = None
     rotary: torch.nn.Module | None = None  # the model's rotary embedding (cos/sin of positions not read yet)
     query: torch.Tensor | None = None  # the rotated queries (b, h, t, d) of the attention call, when kept
+    prerope_query: torch.Tensor | None = None  # the same queries before RoPE (after q_norm), when kept
 
     def queries(self, last: int | None = None) -> torch.Tensor:
         """Rotated queries (b, h, t', d) of the last ``last`` tokens (all when None), as attention saw them: those
@@ -143,6 +145,8 @@ def model_attention(call: AttentionCall) -> torch.Tensor:
     key, value = apply_rope(call.key, call.cos, call.sin), call.value
     if call.cache is not None:
         key, value = call.cache.update(key, value, call.layer)
+    if not call.output_needed:
+        return query.new_zeros(query.shape).transpose(1, 2)  # (b, t, h, d), never read
     return call.standard(query, key, value)
 
 
@@ -171,7 +175,7 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         cos, sin = position_embeddings
-        rotated = None
+        rotated = prerope = None
         if hooks.kernels or hooks.query_observers:  # the module's own steps, with the call's tensors at hand
             batch, length = hidden_states.shape[:2]
             shape = (batch, length, -1, module.head_dim)
@@ -187,15 +191,22 @@ def _dispatcher(module: torch.nn.Module, hooks: _Hooks) -> Callable[..., Any]:
                 hooks.rotary,
             )  # fmt: skip
             output = hooks.run(call, len(hooks.kernels) - 1)
-            result = (module.o_proj(output.reshape(batch, length, -1).contiguous()), None)
-            rotated = call.rotated if hooks.query_observers else None
+            if call.output_needed:
+                result = (module.o_proj(output.reshape(batch, length, -1).contiguous()), None)
+            else:  # only the cache mattered (adapter.fill_cache): the forward stops here, nothing reads this
+                result = (hidden_states.new_zeros(hidden_states.shape), None)
+            if hooks.query_observers and call.rotated is not None:
+                rotated, prerope = call.rotated, call.query
         else:
             result = type(module).forward(
                 module, hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
                 cache=cache, **kwargs,
             )  # fmt: skip
         for observer in list(hooks.observers):
-            observed = LayerInput(module, module.layer_idx, hidden_states, cos, sin, rotary=hooks.rotary, query=rotated)
+            observed = LayerInput(
+                module, module.layer_idx, hidden_states, cos, sin, rotary=hooks.rotary, query=rotated,
+                prerope_query=prerope,
+            )  # fmt: skip
             observer(observed, cache)
         return result
 
@@ -235,8 +246,9 @@ def attention_kernel(model: Any, kernel: Kernel) -> Iterator[None]:
 def after_attention(model: Any, observer: Observer, with_queries: bool = False) -> Iterator[None]:
     """Call ``observer(layer_input, cache)`` after every layer's attention (its cache already holds the new keys).
     ``with_queries``: the layer's attention runs as :func:`model_attention` (the module's own operations, so the
-    same output) and ``layer_input.query`` holds the rotated queries it read, so an observer that scores with
-    queries does not project and rotate them again (kernels that replace the query leave it None)."""
+    same output) and ``layer_input.query`` holds the rotated queries it read (``prerope_query`` the same before
+    RoPE), so an observer that scores with queries does not project them again (None when a kernel in the chain
+    computed attention without the model's own rotation)."""
     count = 1 if with_queries else 0
 
     def add(hooks: _Hooks) -> None:

@@ -1,12 +1,16 @@
-"""Forward passes: a cached forward at explicit positions (inference), the final hidden states of a whole text and
-the next-token losses they give (perplexity), and a forward with gradients from the input embeddings (profiling)."""
+"""Forward passes: a cached forward at explicit positions (inference), a forward that only fills the cache (a
+compressed read, whose logits nobody reads), the final hidden states of a whole text and the next-token losses
+they give (perplexity), and a forward with gradients from the input embeddings (profiling)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from longreach.models.adapter.attention import AttentionCall, attention_kernel, attention_modules
 from longreach.models.adapter.cache import layer_lengths
 from longreach.models.adapter.config import text_config
 
@@ -33,6 +37,52 @@ def forward(
     positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     out = model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
     return out.logits, out.cache
+
+
+class _Filled(Exception):
+    """Raised after the last layer's attention of a :func:`fill_cache` forward: nothing after it is needed."""
+
+
+@contextmanager
+def _stop_after_last_attention(model: Any) -> Iterator[int]:
+    """For the block, forwards stop right after the last layer's attention module (its hooks and observers included),
+    raising an exception that :func:`fill_cache` catches: the last layer's MLP, the final norm and the head are never
+    computed. Yields the last layer's index."""
+    modules = attention_modules(model)
+
+    def stop(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        raise _Filled
+
+    handle = modules[-1].register_forward_hook(stop)
+    try:
+        yield len(modules) - 1
+    finally:
+        handle.remove()
+
+
+def fill_cache(model: Any, input_ids: torch.Tensor, cache: Any = None, start: int = 0) -> Any:
+    """Read ``input_ids`` (1, t) into ``cache`` (a new one when None) at positions ``start``..: a forward that only
+    fills the cache, for reads whose logits nobody uses (a cache method's compressed read, followed by a forward of
+    the rest of the prompt). The last layer's keys and values need only its input, so its attention output
+    (``AttentionCall.output_needed`` is False there: kernels write the cache and skip the attention), its MLP, the
+    final norm and the head are skipped: 1 / layers of the forward, and the cache is bitwise the one :func:`forward`
+    leaves. Returns the cache."""
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+    with _stop_after_last_attention(model) as last:
+
+        def keys_only(call: AttentionCall, inner: Any) -> torch.Tensor:
+            call.output_needed = call.layer != last
+            return inner(call)
+
+        try:
+            with attention_kernel(model, keys_only):
+                forward(model, input_ids, cache, start)
+        except _Filled:
+            pass
+    return cache
 
 
 def forward_rows(

@@ -1,6 +1,8 @@
-"""Compressing while reading (``read_chunk``) and the queries scoring reuses from the attention call.
+"""How a cache method reads: a forward that only fills the cache, the queries scoring reuses from the attention
+call, and compressing while reading (``read_chunk``).
 
-Invariants: scoring with the attention call's queries changes nothing (same caches, same answers); a chunk as long
+Invariants: filling the cache without the last layer's output leaves the cache a full forward leaves; scoring with
+the attention call's queries changes nothing (same caches, same answers); a chunk as long
 as the read is the one-shot read; streaming keeps the one-shot positions and knorm the one-shot norms (layer 0,
 whose keys do not depend on the context); no layer ever holds more than its budget plus a chunk; the methods that
 do not define a chunked read refuse it with the reason.
@@ -17,6 +19,7 @@ from longreach.errors import LongreachError
 from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.cache import _chunked
+from longreach.methods.cache.base import EvictingMethod
 from longreach.models import adapter
 from longreach.tasks import parse_task
 
@@ -44,6 +47,23 @@ def _one_shot(tiny, ids: torch.Tensor, spec: str):
     return full, kept
 
 
+@pytest.mark.parametrize("spec", ["none", "snapkv:compression_ratio=0.5", "adakv:compression_ratio=0.5"])
+def test_filling_the_cache_only_leaves_the_cache_a_full_forward_leaves(tiny, ids, spec):
+    stack = parse_stack(spec)
+    seen = []
+    with torch.inference_mode(), stack.applied(tiny):
+        full = adapter.forward(tiny.model, ids)[1]
+        with adapter.after_attention(tiny.model, lambda observed, _cache: seen.append(observed.layer)):
+            filled = adapter.fill_cache(tiny.model, ids)
+        cache, split = adapter.forward(tiny.model, ids[:, :100])[1], adapter.forward(tiny.model, ids[:, :100])[1]
+        adapter.fill_cache(tiny.model, ids[:, 100:], cache, start=100)  # continuing a cache at explicit positions
+        adapter.forward(tiny.model, ids[:, 100:], split, start=100)
+    assert seen == list(range(len(full.layers))), "every layer's observers still run"
+    for layer, (ours, theirs) in enumerate(zip(filled.layers, full.layers, strict=True)):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert torch.equal(cache.layers[layer].keys, split.layers[layer].keys)
+
+
 @pytest.mark.parametrize("spec", ["snapkv:compression_ratio=0.5", "h2o:compression_ratio=0.5", "expected:0.5"])
 def test_scoring_with_the_attention_calls_queries_changes_nothing(tiny, ids, spec):
     method = parse_stack(spec).of_kind("cache")
@@ -60,6 +80,31 @@ def test_scoring_with_the_attention_calls_queries_changes_nothing(tiny, ids, spe
             adapter.forward(tiny.model, ids, recomputed)
     for ours, theirs in zip(reused.layers, recomputed.layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+@pytest.mark.parametrize("mode", ["aware", "agnostic"])
+def test_the_read_optimisations_change_no_answer(tiny, sample, mode, monkeypatch):
+    """Before issue 18 a compressed read was a full forward whose observers projected the queries again; the
+    answers (greedy tokens) and the compressed bytes are the same with the cache filled only and the call's
+    queries reused."""
+    specs = [f"{name}:compression_ratio=0.5" for name in ("snapkv", "pyramid", "streaming", "knorm", "h2o", "expected")]
+    request = Request(sample.prompt, 24, (), len(sample.context), mode)
+    after = [Engine(tiny).generate(request, parse_stack(spec)) for spec in specs]
+
+    def earlier(self, loaded, ids, question=None):
+        n_layers = len(adapter.attention_modules(loaded.model))
+
+        def hook(observed, cache):
+            observed.question = question
+            self.compress_layer(observed, cache, n_layers)
+
+        with adapter.after_attention(loaded.model, hook):
+            return adapter.forward(loaded.model, ids)[1]
+
+    monkeypatch.setattr(EvictingMethod, "read", earlier)
+    before = [Engine(tiny).generate(request, parse_stack(spec)) for spec in specs]
+    for spec, old, new in zip(specs, before, after, strict=True):
+        assert (old.text, old.compressed_kv_bytes) == (new.text, new.compressed_kv_bytes), spec
 
 
 def test_the_queries_kept_are_those_the_hidden_states_give(tiny, ids):
