@@ -11,7 +11,9 @@ One run measures, in this order:
    (llama-cpp-python in process, the same GGUF, the same prompt ids, the same threads) and transformers' plain
    greedy ``generate``. longreach and llama.cpp continue a kept read of the prompt (only its last token is
    recomputed); transformers prefills every time and its steps are timed by a logits processor. Each rate is
-   single-token steps / their seconds (the first answer token comes with the prefill);
+   single-token steps / their seconds (the first answer token comes with the prefill). Then longreach with and
+   without its preallocated cache after the ``--prefill-tokens`` prompt (where a grown cache copies the most), and
+   the microseconds a token the answer's text costs (DecodeStream or re-decoding, 64- and 2048-token answers);
 3. prefill seconds at ``--prefill-tokens`` (``--prefill-reps`` repetitions, interleaved) for longreach, llama.cpp
    and transformers (time to the first logits);
 4. torch.profiler once on longreach's prefill and on 16 of its decode steps: the top ops and their share of time;
@@ -237,6 +239,44 @@ class CompiledDecode:
         return timed_steps / (time.perf_counter() - start), tokens
 
 
+def without(left_out: str) -> list[str]:
+    return [name for name in SPEEDUPS if name != left_out]
+
+
+def interleaved(decoders: dict[str, Callable[[], tuple[float, str]]], reps: int) -> tuple[dict, dict]:
+    """Each decoder ``reps`` + 1 times, the order rotating every repetition; repetition 0 warms every one up (and
+    fills the kept reads) and is not counted. Returns (rates with intervals, the last answer of each)."""
+    rates: dict[str, list[float]] = {name: [] for name in decoders}
+    answers: dict[str, str] = {}
+    for rep in range(reps + 1):
+        names = list(decoders)
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            rate, answers[name] = decoders[name]()
+            if rep:
+                rates[name].append(rate)
+        print(f"decode rep {rep}: " + ", ".join(f"{n} {r[-1]:.1f}" for n, r in rates.items() if r), flush=True)
+    return {name: median_ci(values) for name, values in rates.items()}, answers
+
+
+def answer_text_costs(tokenizer: object, answer: str) -> dict:
+    """Microseconds a token spent on the answer's text (stop checks), streamed and re-decoded, for answers of 64 and
+    2048 tokens (the decode answer's ids repeated); no model runs."""
+    from longreach.engine.text import AnswerText
+
+    base = tokenizer(answer, add_special_tokens=False)["input_ids"] or [0]
+    costs = {}
+    for length in (64, 2048):
+        ids = (base * (length // len(base) + 1))[:length]
+        for incremental in (True, False):
+            text = AnswerText(tokenizer, ("\n\n\n\n\n",), incremental=incremental)
+            start = time.perf_counter()
+            for token in ids:
+                text.add(token)
+            name = f"{'DecodeStream' if incremental else 're-decode'}, {length} tokens"
+            costs[name] = 1e6 * (time.perf_counter() - start) / length
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode-prompt", type=int, default=2048)
@@ -264,13 +304,12 @@ def main() -> None:
                                        config.num_attention_heads, config.num_key_value_heads)  # fmt: skip
     print(json.dumps(results["limits"], indent=1), flush=True)
     llama = LlamaCpp(str(resolve("smollm2-135m").path), threads, args.prefill_tokens + args.new_tokens + 64)
-    request = Request(short, args.new_tokens)
 
-    def ours(engine: Engine, n_threads: int) -> Callable[[], tuple[float, str]]:
+    def ours(engine: Engine, n_threads: int, prompt: str = short) -> Callable[[], tuple[float, str]]:
         def run() -> tuple[float, str]:
             torch.set_num_threads(n_threads)
             try:
-                g = engine.generate(request, NONE)
+                g = engine.generate(Request(prompt, args.new_tokens), NONE)
             finally:
                 torch.set_num_threads(threads)
             return g.decode_steps / g.decode_seconds, g.text
@@ -282,8 +321,7 @@ def main() -> None:
 
     decoders: dict[str, Callable[[], tuple[float, str]]] = {"longreach": ours(fast, threads)}
     for left_out in SPEEDUPS:
-        kept = [name for name in SPEEDUPS if name != left_out]
-        decoders[f"longreach without {left_out}"] = ours(Engine(loaded, True, kept), threads)
+        decoders[f"longreach without {left_out}"] = ours(Engine(loaded, True, without(left_out)), threads)
     decoders |= {
         BEFORE: ours(Engine(loaded, True, speedups=()), threads),
         "longreach, 1 thread": ours(Engine(loaded, True), 1),
@@ -293,17 +331,13 @@ def main() -> None:
     compiled = None if args.no_compile else CompiledDecode(model, short_ids, args.new_tokens)
     if compiled is not None:
         decoders[COMPILED] = lambda: text(compiled())
-    rates: dict[str, list[float]] = {name: [] for name in decoders}
-    answers: dict[str, str] = {}
-    for rep in range(args.reps + 1):  # repetition 0 warms every peer up (and fills the kept reads)
-        names = list(decoders)
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            rate, answers[name] = decoders[name]()
-            if rep:
-                rates[name].append(rate)
-        print(f"decode rep {rep}: " + ", ".join(f"{n} {r[-1]:.1f}" for n, r in rates.items() if r), flush=True)
-    results["decode"] = {name: median_ci(values) for name, values in rates.items()}
-    results["decode_texts"] = answers
+    results["decode"], results["decode_texts"] = interleaved(decoders, args.reps)
+    at_long = {"longreach": ours(Engine(loaded, True), threads, long)}
+    at_long["longreach without preallocated_cache"] = ours(
+        Engine(loaded, True, without("preallocated_cache")), threads, long
+    )
+    results["decode_long"], results["decode_long_texts"] = interleaved(at_long, args.reps)
+    results["answer_text"] = answer_text_costs(tokenizer, results["decode_texts"]["longreach"])
     prefill_runs: dict[str, Callable[[], float]] = {
         "longreach": lambda: Engine(loaded).generate(Request(long, 1), NONE).prefill_seconds,
         "llama.cpp": lambda: llama.prefill(long_ids),
@@ -373,6 +407,14 @@ def render(results: dict) -> str:
     llama = results["decode"]["llama.cpp"]["median"]
     for name, value in results["decode"].items():
         lines.append(f"| {name} | {_ci(value)} | {value['median'] / bound:.2f} | {value['median'] / llama:.2f} |")
+    if "decode_long" in results:
+        lines += ["", f"At the {facts['prefill_tokens']}-token prompt (KV read "
+                  f"{facts['kv_bytes_per_token'] * facts['prefill_tokens'] / 1e6:.0f} MB a token):", "",
+                  "| engine | tok/s | fraction of memory bound |", "|---|---|---|"]  # fmt: skip
+        for name, value in results["decode_long"].items():
+            lines.append(f"| {name} | {_ci(value)} | {value['median'] / bound:.2f} |")
+        costs = ", ".join(f"{name} {us:.0f} us" for name, us in results["answer_text"].items())
+        lines += ["", f"Answer text (stop checks) a token: {costs}."]
     reference = results["decode_texts"][BEFORE]
     same = ", ".join(f"{name}: {text == reference}" for name, text in results["decode_texts"].items())
     lines += ["", f"Same answer text as the loop before issue 18 ({len(reference)} characters): {same} "
