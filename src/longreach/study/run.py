@@ -4,6 +4,10 @@ bar in an earlier stage (recorded with their scores); ``study report`` merges ev
 Sharding: ``executor=local:shard=i/n`` runs the i-th slice of every stage, so n processes (on n devices or sharing
 one) fill the same stores together. A stage that prunes on an earlier one waits until every cell of that stage is
 stored (by any process), since a rule judged on part of a stage would prune differently in each process.
+
+Trained models (the study's ``train`` section): before a stage that names one in ``models`` runs, the model is
+trained (or resumed, or found finished) into ``OUT/train/NAME`` (:mod:`longreach.study.training`); the stage then runs
+once per model, into ``OUT/STAGE`` for the base model and ``OUT/STAGE@NAME`` for each trained one.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ from longreach.report.render import Table, render_report
 from longreach.results import STORE_NAME, ResultsStore
 from longreach.runner import RunConfig, RunSummary, run_sweep
 from longreach.runner.plan import Plan
-from longreach.study.spec import Stage, Study
+from longreach.study.spec import BASE, Stage, Study
+from longreach.study.training import ensure_trained, stage_folder, stage_label, training_records, training_table
 
 POLL_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
 class StageOutcome:
-    name: str
+    name: str  # the stage's folder name (STAGE, or STAGE@MODEL for a trained model)
     summary: RunSummary
     seconds: float
     pruned: dict[str, float]
@@ -42,12 +47,15 @@ def stage_config(
     device: str,
     methods: tuple[str, ...],
     resume_anyway: bool = False,
+    model: str = BASE,
+    model_dir: Path | None = None,
 ) -> RunConfig:
-    """The run configuration of one stage (its rows after pruning)."""
+    """The run configuration of one stage (its rows after pruning) on one of its models (``model_dir``: where a
+    trained model's folder is)."""
     return RunConfig(
         grid=replace(stage.grid, methods=methods),
-        out=out / stage.name,
-        model=study.model,
+        out=stage_folder(out, stage, model),
+        model=study.model if model == BASE else str(model_dir),
         dtype=study.dtype,
         device=device,
         seed=study.seed,
@@ -118,29 +126,36 @@ def run_study(
     outcomes = []
     for stage in chosen:
         methods, pruned = rows_after_pruning(study, stage, out, wait)
-        config = stage_config(study, stage, out, executor, device, methods, resume_anyway)
-        start = time.perf_counter()
-        summary = run_sweep(config, show_progress=show_progress)
-        seconds = time.perf_counter() - start
-        with ResultsStore(config.out) as store:
-            walls = store.meta().get("wall_seconds", [])
-            store.set_meta(
-                study=study.source,
-                stage=stage.name,
-                label=stage.label,
-                pruned=pruned,
-                wall_seconds=walls + [{"executor": executor, "seconds": round(seconds, 1), "ran": summary.ran}],
-            )
-        outcomes.append(StageOutcome(stage.name, summary, seconds, pruned))
+        for model in stage.models:
+            model_dir = None if model == BASE else ensure_trained(study, model, out, device)
+            config = stage_config(study, stage, out, executor, device, methods, resume_anyway, model, model_dir)
+            start = time.perf_counter()
+            summary = run_sweep(config, show_progress=show_progress)
+            seconds = time.perf_counter() - start
+            with ResultsStore(config.out) as store:
+                walls = store.meta().get("wall_seconds", [])
+                store.set_meta(
+                    study=study.source,
+                    stage=stage.name,
+                    model=model,
+                    label=stage_label(stage, model),
+                    pruned=pruned,
+                    wall_seconds=walls + [{"executor": executor, "seconds": round(seconds, 1), "ran": summary.ran}],
+                )
+            outcomes.append(StageOutcome(config.out.name, summary, seconds, pruned))
     return outcomes
+
+
+def _folders(study: Study, out: Path) -> list[Path]:
+    """Every stage folder (one per stage and model) in file order."""
+    return [stage_folder(out, stage, model) for stage in study.stages for model in stage.models]
 
 
 def _stage_table(study: Study, out: Path) -> Table:
     rows = []
-    for stage in study.stages:
-        folder = out / stage.name
+    for stage, folder in ((s, stage_folder(out, s, m)) for s in study.stages for m in s.models):
         if not (folder / STORE_NAME).is_file():
-            rows.append([stage.name, "not run", "-", "-", "-", "-"])
+            rows.append([folder.name, "not run", "-", "-", "-", "-"])
             continue
         with ResultsStore(folder) as store:
             meta, stored = store.meta(), store.rows()
@@ -149,7 +164,7 @@ def _stage_table(study: Study, out: Path) -> Table:
         wall = ", ".join(f"{w['seconds']:.0f}" for w in walls if w.get("ran")) or "-"
         pruned = ", ".join(f"{m} ({s:.2f})" for m, s in (meta.get("pruned") or {}).items()) or "-"
         rule = f"< {stage.prune.below:g} in {stage.prune.stage}" if stage.prune else "-"
-        rows.append([stage.name, str(len(stored)), str(failed), wall, rule, pruned])
+        rows.append([folder.name, str(len(stored)), str(failed), wall, rule, pruned])
     return Table(
         f"Study {study.name}: stages",
         ["stage", "cells stored", "failed", "wall seconds per process run", "prune rule", "pruned rows (score)"],
@@ -162,16 +177,22 @@ def report_study(
     study: Study, out: Path, report_out: Path | None = None, baseline: str | None = None, heatmaps: bool = True
 ) -> Path:
     """Merge every stage that has run into one report (``report_out``, default ``out``); returns report.html."""
-    folders = [out / s.name for s in study.stages if (out / s.name / STORE_NAME).is_file()]
+    folders = [folder for folder in _folders(study, out) if (folder / STORE_NAME).is_file()]
     if not folders:
         raise LongreachError(f"{out} holds no stage of study {study.name}; run `longreach study run` first")
     extra: dict[str, Any] = {"study": study.source}
+    trained = training_table(study, out)
+    if trained is not None:
+        extra["training"] = {
+            name: {k: v for k, v in record.items() if k != "provenance"}
+            for name, record in training_records(study, out).items()
+        }
     return render_report(
         folders,
         out=report_out or out,
         threshold=study.threshold,
         baseline=baseline or study.baseline,
-        preface=[_stage_table(study, out)],
+        preface=[_stage_table(study, out)] + ([trained] if trained is not None else []),
         extra=extra,
         heatmaps=heatmaps,
     )

@@ -1,6 +1,7 @@
 """A study as data: YAML naming the model, row sets (lists of method specs), and stages, each a sweep with its own
 tasks, lengths, depths, samples, methods, backend (peer tools run as stages on their own backend, on the same
-instances) and an optional prune rule on an earlier stage.
+instances) and an optional prune rule on an earlier stage. A study may also train models first (``train``:
+long-context recipes, :mod:`longreach.train`) and evaluate them next to the base model (a stage's ``models``).
 
     name: context_extension
     model: smollm2-135m
@@ -22,6 +23,19 @@ instances) and an optional prune rule on an earlier stage.
         methods: extension
         prune: {stage: passkey16, below: 0.5, keep: [none]}
 
+Training (each model is trained once, resumably, into ``OUT/train/NAME``; a stage naming it in ``models`` runs once
+more on the trained folder, into ``OUT/STAGE@NAME``, its rows labelled ``METHOD (NAME)``)::
+
+    train:
+      settings: {data: "tasks:niah_multikey_1", length: 2k, steps: 20, batch_tokens: 8k}   # shared by every model
+      models:
+        abf: {recipe: "abf:theta=100000"}
+        yarn: {recipe: "yarn:factor=2", steps: 30}                                          # its own steps
+    stages:
+      - name: inside
+        models: [base, abf, yarn]                                                           # base: the study's model
+        ...
+
 Every value is validated here, before anything runs: an unknown key, task, method, backend or length fails with
 one line naming the stage and the bad value.
 """
@@ -42,8 +56,11 @@ from longreach.registry import did_you_mean
 from longreach.results import STORE_NAME, ResultsStore
 from longreach.runner import Grid, parse_depths, parse_lengths
 from longreach.tasks import parse_tasks
+from longreach.train.loop import TrainConfig
 
-_STUDY_KEYS = ("name", "description", "model", "dtype", "prompt", "seed", "baseline", "threshold", "rows", "stages")
+_STUDY_KEYS = (
+    "name", "description", "model", "dtype", "prompt", "seed", "baseline", "threshold", "rows", "train", "stages",
+)  # fmt: skip
 _STAGE_KEYS = (
     "name",
     "description",
@@ -59,8 +76,12 @@ _STAGE_KEYS = (
     "reuse_prefix",
     "prune",
     "label",
+    "models",
 )
 _PRUNE_KEYS = ("stage", "below", "keep")
+_TRAIN_KEYS = ("settings", "models")
+_TRAINED_KEYS = ("recipe", "data", "length", "steps", "batch_tokens", "lora", "lr", "seed", "prompt", "save_every")
+BASE = "base"  # in a stage's models: the study's own model
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,23 @@ class Prune:
     stage: str
     below: float
     keep: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model the study trains before evaluating it: ``longreach train`` settings (lengths in tokens)."""
+
+    name: str
+    recipe: str
+    data: str
+    length: int
+    steps: int
+    batch_tokens: int = 8192
+    lora: str = "r=16"
+    lr: float = 0.0
+    seed: int = 0
+    prompt: str | None = None  # the study's prompt when None
+    save_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +123,7 @@ class Stage:
     prune: Prune | None = None
     description: str = ""
     label: str = ""  # kept apart in the merged report (its rows read "METHOD (LABEL)"), e.g. a timing stage
+    models: tuple[str, ...] = (BASE,)  # the study's model (base) and/or models the study trains
 
 
 @dataclass(frozen=True)
@@ -98,7 +137,14 @@ class Study:
     baseline: str | None = None
     threshold: float = 0.85
     description: str = ""
+    trained: tuple[Trained, ...] = ()
     source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def trained_model(self, name: str) -> Trained:
+        for model in self.trained:
+            if model.name == name:
+                return model
+        raise LongreachError(f"study {self.name}: no trained model {name!r}")
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -137,7 +183,79 @@ def _methods(value: Any, rows: dict[str, list[str]], where: str) -> tuple[str, .
     return tuple(dict.fromkeys(specs))
 
 
-def _stage(entry: Any, rows: dict[str, list[str]], seen: list[str]) -> Stage:
+def _one_length(value: Any, where: str) -> int:
+    lengths = parse_lengths(str(value))
+    if len(lengths) != 1:
+        raise LongreachError(f"{where}: expected one length; got {value!r}")
+    return lengths[0]
+
+
+def _trained(document: Any, prompt: str) -> tuple[Trained, ...]:
+    """The ``train`` section: shared ``settings`` and one mapping per model (``recipe`` at least), each validated as
+    ``longreach train`` would (recipe, data, LoRA and the numbers) without loading anything."""
+    if document is None:
+        return ()
+    if not isinstance(document, dict) or not isinstance(document.get("models"), dict) or not document["models"]:
+        raise LongreachError("train: expected a mapping with settings and models (name -> {recipe: ...})")
+    _check_keys("train", document, _TRAIN_KEYS)
+    shared = document.get("settings") or {}
+    if not isinstance(shared, dict):
+        raise LongreachError(f"train.settings: expected a mapping; got {shared!r}")
+    _check_keys("train.settings", shared, _TRAINED_KEYS)
+    models = []
+    for name, own in document["models"].items():
+        where = f"train.models.{name}"
+        if str(name) == BASE or not isinstance(own, dict):
+            raise LongreachError(f"{where}: expected a mapping with a recipe (and a name other than {BASE!r})")
+        _check_keys(where, own, _TRAINED_KEYS)
+        settings = {**shared, **own}
+        for key in ("recipe", "data", "length", "steps"):
+            if key not in settings:
+                raise LongreachError(f"{where}: missing {key!r} (in the model or in train.settings)")
+        model = Trained(
+            name=str(name),
+            recipe=str(settings["recipe"]),
+            data=str(settings["data"]),
+            length=_one_length(settings["length"], where),
+            steps=int(settings["steps"]),
+            batch_tokens=_one_length(settings.get("batch_tokens", 8192), where),
+            lora=str(settings.get("lora", "r=16")),
+            lr=float(settings.get("lr", 0.0)),
+            seed=int(settings.get("seed", 0)),
+            prompt=str(settings["prompt"]) if settings.get("prompt") is not None else None,
+            save_every=int(settings.get("save_every", 10)),
+        )
+        try:
+            train_config(model, "unused", Path("unused"), "bf16", prompt).validate()
+        except LongreachError as exc:
+            raise LongreachError(f"{where}: {exc}") from None
+        models.append(model)
+    return tuple(models)
+
+
+def train_config(model: Trained, base: str, out: Path, dtype: str, prompt: str, device: str = "cpu") -> TrainConfig:
+    """The ``longreach train`` run of a study's trained model (resumable: a rerun continues it)."""
+    return TrainConfig(
+        model=base,
+        recipe=model.recipe,
+        data=model.data,
+        length=model.length,
+        steps=model.steps,
+        out=out,
+        lora=model.lora,
+        lr=model.lr,
+        batch_tokens=model.batch_tokens,
+        dtype=dtype,
+        device=device,
+        seed=model.seed,
+        save_every=model.save_every,
+        resume=True,
+        prompt=model.prompt or prompt,
+        quiet=True,
+    )
+
+
+def _stage(entry: Any, rows: dict[str, list[str]], seen: list[str], trained: tuple[str, ...] = ()) -> Stage:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise LongreachError(f"each stage needs a name; got {entry!r}")
     where = f"stage {entry['name']}"
@@ -171,6 +289,13 @@ def _stage(entry: Any, rows: dict[str, list[str]], seen: list[str]) -> Stage:
             raise LongreachError(f"{where}: prune names stage {rule.get('stage')!r}, which is not an earlier stage")
         keep = tuple(parse_stack(s).repr for s in _methods(rule.get("keep", []) or ["none"], rows, where))
         prune = Prune(rule["stage"], float(rule.get("below", 0.5)), keep if rule.get("keep") else ())
+    models = tuple(dict.fromkeys(_items(entry.get("models", [BASE]), where)))
+    for name in models:
+        if name != BASE and name not in trained:
+            valid = ", ".join([BASE, *trained])
+            raise LongreachError(f"{where}: unknown model {name!r}; valid: {valid} (trained in train.models)")
+    if prune is not None and models != (BASE,):
+        raise LongreachError(f"{where}: a prune rule judges the base model's rows; give it a stage of models [base]")
     return Stage(
         name=entry["name"],
         grid=grid,
@@ -181,6 +306,7 @@ def _stage(entry: Any, rows: dict[str, list[str]], seen: list[str]) -> Stage:
         prune=prune,
         description=str(entry.get("description", "")),
         label=str(entry.get("label", "")),
+        models=models,
     )
 
 
@@ -215,14 +341,15 @@ def parse_study(document: Any, where: str) -> Study:
         if key not in document:
             raise LongreachError(f"{where}: missing {key!r}")
     rows = {str(k): _items(v, f"rows.{k}") for k, v in (document.get("rows") or {}).items()}
-    stages: list[Stage] = []
-    for entry in document["stages"] or []:
-        stages.append(_stage(entry, rows, [s.name for s in stages]))
-    if not stages:
-        raise LongreachError(f"{where}: a study needs at least one stage")
     prompt = document.get("prompt", "auto")
     if prompt not in PROMPT_CHOICES:
         raise LongreachError(f"{where}: prompt must be one of {', '.join(PROMPT_CHOICES)}; got {prompt!r}")
+    trained = _trained(document.get("train"), prompt)
+    stages: list[Stage] = []
+    for entry in document["stages"] or []:
+        stages.append(_stage(entry, rows, [s.name for s in stages], tuple(t.name for t in trained)))
+    if not stages:
+        raise LongreachError(f"{where}: a study needs at least one stage")
     baseline = document.get("baseline")
     return Study(
         name=str(document["name"]),
@@ -234,5 +361,6 @@ def parse_study(document: Any, where: str) -> Study:
         baseline=parse_stack(baseline).repr if baseline else None,
         threshold=float(document.get("threshold", 0.85)),
         description=str(document.get("description", "")),
+        trained=trained,
         source=document,
     )
