@@ -98,3 +98,11 @@ def test_mistakes_in_the_train_section_are_one_line(tmp_path, edit, message):
     assert edit[0] in STUDY
     with pytest.raises(LongreachError, match=message):
         load_study(write(tmp_path, STUDY.replace(*edit)))
+
+
+def test_a_data_folder_is_checked_when_the_model_trains_not_when_the_study_is_read(tmp_path):
+    """A study file written for another machine parses (report, validation) before its corpus exists there."""
+    text = STUDY.replace('data: "tasks:passkey"', f'data: "tasks:passkey+text:{tmp_path / "corpus"}"')
+    study = load_study(write(tmp_path, text))
+    with pytest.raises(LongreachError, match=r"text: no such folder .*corpus"):
+        run_study(study, tmp_path / "out", stages=["plain_only"], show_progress=False)

@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from longreach import params
 from longreach.backends import parse_backend
 from longreach.errors import LongreachError
 from longreach.methods import parse_stack
@@ -56,7 +57,9 @@ from longreach.registry import did_you_mean
 from longreach.results import STORE_NAME, ResultsStore
 from longreach.runner import Grid, parse_depths, parse_lengths
 from longreach.tasks import parse_tasks
-from longreach.train.loop import TrainConfig
+from longreach.train.data import parse_data
+from longreach.train.loop import TrainConfig, parse_lora
+from longreach.train.recipe import recipe_from_spec
 
 _STUDY_KEYS = (
     "name", "description", "model", "dtype", "prompt", "seed", "baseline", "threshold", "rows", "train", "stages",
@@ -190,7 +193,7 @@ def _one_length(value: Any, where: str) -> int:
     return lengths[0]
 
 
-def _trained(document: Any, prompt: str) -> tuple[Trained, ...]:
+def _trained(document: Any) -> tuple[Trained, ...]:
     """The ``train`` section: shared ``settings`` and one mapping per model (``recipe`` at least), each validated as
     ``longreach train`` would (recipe, data, LoRA and the numbers) without loading anything."""
     if document is None:
@@ -225,8 +228,10 @@ def _trained(document: Any, prompt: str) -> tuple[Trained, ...]:
             prompt=str(settings["prompt"]) if settings.get("prompt") is not None else None,
             save_every=int(settings.get("save_every", 10)),
         )
-        try:
-            train_config(model, "unused", Path("unused"), "bf16", prompt).validate()
+        try:  # as `longreach train` validates, but a data folder is checked when the model trains
+            recipe_from_spec(model.recipe), parse_lora(model.lora), parse_data(model.data, check_folders=False)
+            params.require(model.length >= 2 and model.steps >= 1, f"length >= 2 and steps >= 1; got {settings}")
+            params.require(model.prompt in (None, *PROMPT_CHOICES), f"prompt: one of {', '.join(PROMPT_CHOICES)}")
         except LongreachError as exc:
             raise LongreachError(f"{where}: {exc}") from None
         models.append(model)
@@ -344,7 +349,7 @@ def parse_study(document: Any, where: str) -> Study:
     prompt = document.get("prompt", "auto")
     if prompt not in PROMPT_CHOICES:
         raise LongreachError(f"{where}: prompt must be one of {', '.join(PROMPT_CHOICES)}; got {prompt!r}")
-    trained = _trained(document.get("train"), prompt)
+    trained = _trained(document.get("train"))
     stages: list[Stage] = []
     for entry in document["stages"] or []:
         stages.append(_stage(entry, rows, [s.name for s in stages], tuple(t.name for t in trained)))

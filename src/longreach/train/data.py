@@ -62,8 +62,9 @@ class Source:
         return "short" if self.kind == "short" else "long"
 
 
-def parse_source(text: str) -> Source:
-    """``"tasks:vt,passkey"`` / ``"text:DIR"`` / ``"short:passkey"`` / ``"short:DIR"`` -> a validated source."""
+def parse_source(text: str, check_folders: bool = True) -> Source:
+    """``"tasks:vt,passkey"`` / ``"text:DIR"`` / ``"short:passkey"`` / ``"short:DIR"`` -> a validated source
+    (``check_folders=False``: a folder need not exist yet, as in a study file read on another machine)."""
     kind, _, argument = text.strip().partition(":")
     if kind not in SOURCE_KINDS:
         raise LongreachError(
@@ -71,8 +72,9 @@ def parse_source(text: str) -> Source:
         )
     if not argument:
         raise LongreachError(f"data source {kind!r} needs an argument, e.g. {kind}:{'DIR' if kind == 'text' else 'vt'}")
-    if kind == "text" or (kind == "short" and Path(argument).expanduser().is_dir()):
-        return Source(kind, folder=_checked_folder(Path(argument).expanduser()))
+    folder = Path(argument).expanduser()
+    if kind == "text" or (kind == "short" and (folder.is_dir() or (not check_folders and "/" in argument))):
+        return Source(kind, folder=_checked_folder(folder) if check_folders else folder)
     tasks = tuple(parse_tasks(argument))
     for task in tasks:
         if not task.task.generated:
@@ -82,12 +84,12 @@ def parse_source(text: str) -> Source:
     return Source(kind, tasks=tasks)
 
 
-def parse_data(spec: str) -> tuple[Source, ...]:
+def parse_data(spec: str, check_folders: bool = True) -> tuple[Source, ...]:
     """A whole ``--data`` spec (sources joined by ``+``), validated without a tokenizer (cheap, before loading)."""
     parts = spec.split("+")
     if any(not part.strip() for part in parts):
         raise LongreachError(f"empty data source in {spec!r}; join sources with a single '+'")
-    return tuple(parse_source(part) for part in parts)
+    return tuple(parse_source(part, check_folders) for part in parts)
 
 
 def _checked_folder(folder: Path) -> Path:
