@@ -127,7 +127,7 @@ def run_study(
     for stage in chosen:
         methods, pruned = rows_after_pruning(study, stage, out, wait)
         for model in stage.models:
-            model_dir = None if model == BASE else ensure_trained(study, model, out, device)
+            model_dir = None if model == BASE else ensure_trained(study, model, out, device, show_progress)
             config = stage_config(study, stage, out, executor, device, methods, resume_anyway, model, model_dir)
             start = time.perf_counter()
             summary = run_sweep(config, show_progress=show_progress)

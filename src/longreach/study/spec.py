@@ -238,7 +238,9 @@ def _trained(document: Any) -> tuple[Trained, ...]:
     return tuple(models)
 
 
-def train_config(model: Trained, base: str, out: Path, dtype: str, prompt: str, device: str = "cpu") -> TrainConfig:
+def train_config(
+    model: Trained, base: str, out: Path, dtype: str, prompt: str, device: str = "cpu", quiet: bool = True
+) -> TrainConfig:
     """The ``longreach train`` run of a study's trained model (resumable: a rerun continues it)."""
     return TrainConfig(
         model=base,
@@ -256,7 +258,7 @@ def train_config(model: Trained, base: str, out: Path, dtype: str, prompt: str, 
         save_every=model.save_every,
         resume=True,
         prompt=model.prompt or prompt,
-        quiet=True,
+        quiet=quiet,
     )
 
 

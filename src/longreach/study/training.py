@@ -34,11 +34,11 @@ def stage_label(stage: Stage, model: str) -> str:
     return ", ".join(part for part in (stage.label, "" if model == BASE else model) if part)
 
 
-def ensure_trained(study: Study, name: str, out: Path, device: str = "cpu") -> Path:
+def ensure_trained(study: Study, name: str, out: Path, device: str = "cpu", show_progress: bool = False) -> Path:
     """The model folder of the study's trained model ``name``: trained (or resumed from its newest checkpoint)
     unless ``train.json`` records a finished run with the same settings. Another process training it is waited for."""
-    config = train_config(study.trained_model(name), study.model, trained_dir(out, name), study.dtype, study.prompt,
-                          device)  # fmt: skip
+    model, folder = study.trained_model(name), trained_dir(out, name)
+    config = train_config(model, study.model, folder, study.dtype, study.prompt, device, quiet=not show_progress)
     config.out.mkdir(parents=True, exist_ok=True)
     with open(config.out.parent / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
