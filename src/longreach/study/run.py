@@ -146,14 +146,14 @@ def run_study(
     return outcomes
 
 
-def _folders(study: Study, out: Path) -> list[Path]:
-    """Every stage folder (one per stage and model) in file order."""
-    return [stage_folder(out, stage, model) for stage in study.stages for model in stage.models]
+def _folders(study: Study, out: Path) -> list[tuple[Stage, Path]]:
+    """Every stage with its folder for each of its models, in file order."""
+    return [(stage, stage_folder(out, stage, model)) for stage in study.stages for model in stage.models]
 
 
 def _stage_table(study: Study, out: Path) -> Table:
     rows = []
-    for stage, folder in ((s, stage_folder(out, s, m)) for s in study.stages for m in s.models):
+    for stage, folder in _folders(study, out):
         if not (folder / STORE_NAME).is_file():
             rows.append([folder.name, "not run", "-", "-", "-", "-"])
             continue
@@ -177,7 +177,7 @@ def report_study(
     study: Study, out: Path, report_out: Path | None = None, baseline: str | None = None, heatmaps: bool = True
 ) -> Path:
     """Merge every stage that has run into one report (``report_out``, default ``out``); returns report.html."""
-    folders = [folder for folder in _folders(study, out) if (folder / STORE_NAME).is_file()]
+    folders = [folder for _, folder in _folders(study, out) if (folder / STORE_NAME).is_file()]
     if not folders:
         raise LongreachError(f"{out} holds no stage of study {study.name}; run `longreach study run` first")
     extra: dict[str, Any] = {"study": study.source}

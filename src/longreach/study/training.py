@@ -13,7 +13,7 @@ from typing import Any
 from longreach.errors import LongreachError
 from longreach.report.render import Table
 from longreach.study.spec import BASE, Stage, Study, train_config
-from longreach.train.loop import MODEL_DIR, RESUMABLE_CHANGES, TrainConfig, train
+from longreach.train.loop import MODEL_DIR, TrainConfig, changed_setting, train
 
 TRAIN_DIR = "train"
 RECORD = "train.json"
@@ -51,13 +51,13 @@ def _finished(config: TrainConfig) -> bool:
     record = config.out / RECORD
     if not record.is_file():
         return False
-    saved = json.loads(record.read_text())["settings"]
-    for key, value in config.settings().items():
-        if key not in RESUMABLE_CHANGES and saved.get(key) != value:
-            raise LongreachError(
-                f"{config.out} holds a finished training run with {key}={saved.get(key)!r}, the study now says "
-                f"{value!r}; delete that folder or give the model a new name"
-            )
+    changed = changed_setting(json.loads(record.read_text())["settings"], config)
+    if changed:
+        key, was, now = changed
+        raise LongreachError(
+            f"{config.out} holds a finished training run with {key}={was!r}, the study now says {now!r}; delete that "
+            "folder or give the model a new name"
+        )
     return (config.out / MODEL_DIR).is_dir()
 
 

@@ -352,14 +352,23 @@ def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
         return None
     if not found:
         return None  # nothing saved yet: start from the beginning
-    saved = json.loads((found[-1] / "state.json").read_text())["settings"]
+    changed = changed_setting(json.loads((found[-1] / "state.json").read_text())["settings"], config)
+    if changed:
+        key, was, now = changed
+        raise LongreachError(
+            f"--resume: {key} was {was!r} in {config.out}, now {now!r}; resume with the same settings or choose a "
+            "new --out"
+        )
+    return found[-1]
+
+
+def changed_setting(saved: dict[str, Any], config: TrainConfig) -> tuple[str, Any, Any] | None:
+    """The first setting (key, saved value, new value) that differs between a recorded run and ``config``, ignoring
+    those a resumed run may change (:data:`RESUMABLE_CHANGES`); None when they train the same thing."""
     for key, value in config.settings().items():
         if key not in RESUMABLE_CHANGES and saved.get(key) != value:
-            raise LongreachError(
-                f"--resume: {key} was {saved.get(key)!r} in {config.out}, now {value!r}; resume with the same "
-                "settings or choose a new --out"
-            )
-    return found[-1]
+            return key, saved.get(key), value
+    return None
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
