@@ -15,7 +15,7 @@ from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.methods.readers import retrieval
 from longreach.methods.readers.recycle import template_pair
-from longreach.methods.readers.units import cut_units
+from longreach.methods.readers.units import cut_units, leading
 from longreach.tasks import parse_task
 
 NONE = parse_stack("none")
@@ -81,6 +81,27 @@ def test_selection_keeps_document_order_and_the_budget(tiny, niah, retriever):
     assert sum(len(cut.units[i]) for i in chosen) <= 300 < sum(len(cut.units[i]) for i in chosen) + 40
     assert engine.prompts[-1][0] == engine.encode("") + cut.ids(chosen) + cut.question
     assert generation.prompt_tokens == 3000 and generation.new_tokens >= 1
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "embed"])
+def test_relevance_order_keeps_the_same_passages_with_the_best_next_to_the_question(tiny, niah, retriever):
+    engine = Recording(Engine(tiny))
+    spec = f"select:{retriever}:budget=300:unit=40:sink=20"
+    by_document = parse_stack(spec).of_kind("reader")
+    by_relevance = parse_stack(spec + ":order=relevance").of_kind("reader")
+    cut = cut_units(tiny.tokenizer, niah.prompt, len(niah.context), 40, pack=True, head=20)
+    special = engine.encode("")
+    documented = by_document.choose(engine, NONE, cut, special)
+    ordered = by_relevance.choose(engine, NONE, cut, special)
+    sink = leading(cut.units, 20)
+    assert sorted(ordered) == documented and ordered[: len(sink)] == sink, "the same passages, the sink first"
+    candidates = list(range(len(sink), len(cut.units)))
+    scores = dict(zip(candidates, by_document.scores(engine, NONE, cut, special, sink, candidates), strict=True))
+    kept = [scores[i] for i in ordered[len(sink) :]]
+    assert kept == sorted(kept) and kept[-1] == max(scores.values()), "least to most relevant, the best last"
+    assert ordered != documented, "this input reorders"
+    by_relevance.read(engine, request_for(niah), NONE)
+    assert engine.prompts[-1][0] == special + cut.ids(ordered) + cut.question
 
 
 PASSAGES = [

@@ -19,6 +19,7 @@ Embeddings (Ein legend: b texts in a batch, n tokens, d = 384 hidden size, L = 5
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ def bm25_scores(passages: list[str], query: str) -> np.ndarray:
     words removed) of every passage for ``query``; shape (len(passages),)."""
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG: one line per index
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
     words = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]

@@ -20,7 +20,11 @@ paragraph up to ``unit`` tokens (see :mod:`longreach.methods.readers.units`); th
       (default: the middle one) the question rows' attention over the chunk (m, c), summed over heads, is
       phrase-smoothed and question-weighted as InfiniRetri scores tokens; a passage scores its best token.
 Passages are taken best first while they fit in ``budget`` context tokens (sink included; a passage that does not
-fit is skipped, a shorter one after it may still fit), then put back in document order before the question.
+fit is skipped, a shorter one after it may still fit), then put back in document order before the question
+(``order=document``), or, with ``order=relevance``, after the sink from the least to the most relevant, so the best
+passage stands next to the question (relevance ordering as LongLLMLingua reorders documents, Jiang et al. 2024,
+arXiv 2310.06839: small models answer from the nearest of several competing needles, see
+benchmarks/results/README.md).
 
 When the whole context fits in ``budget`` tokens, the prompt goes to the plain model unchanged: the answer equals
 the unmodified model's.
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from longreach.methods.spec import MethodStack
 
 Retriever = Literal["bm25", "embed", "attention"]
+Order = Literal["document", "relevance"]
 _EMBED_ONLY = ("situated", "context_window", "extend", "window")
 _ATTENTION_ONLY = ("layer", "chunk")
 _PHRASE = 8  # InfiniRetri's default smoothing window for attention scores
@@ -76,6 +81,7 @@ class Select(ReaderMethod):
     window: int = field(default=512, metadata={"help": "embed: wordpieces MiniLM reads at once (table: 512)"})
     layer: int | None = field(default=None, metadata={"help": "attention: scoring layer (None: the middle one)"})
     chunk: int = field(default=1024, metadata={"help": "attention: context tokens per scoring pass"})
+    order: Order = field(default="document", metadata={"help": "kept passages: document, or relevance (best last)"})
 
     name: ClassVar[str] = "select"
     example: ClassVar[str] = "select:budget=256:unit=32"
@@ -107,11 +113,17 @@ class Select(ReaderMethod):
         return with_reading_cost(generation, time_now() - start, len(special) + cut.context_tokens + len(cut.question))
 
     def choose(self, engine: ReadingEngine, inner: MethodStack, cut: Cut, special: list[int]) -> list[int]:
-        """Indices of the kept passages, in document order: the sink, then the best-scoring ones that fit."""
+        """Indices of the kept passages in reading order: the sink, then the best-scoring ones that fit, in document
+        order or (``order=relevance``) from the least to the most relevant."""
         sink = leading(cut.units, self.sink)
         candidates = list(range(len(sink), len(cut.units)))
         scores = self.scores(engine, inner, cut, special, sink, candidates)
-        return pick(cut.units, sink, candidates, scores, self.budget)
+        chosen = pick(cut.units, sink, candidates, scores, self.budget)
+        if self.order == "document":
+            return chosen
+        score_of = dict(zip(candidates, scores.tolist(), strict=True))
+        kept = sorted(chosen[len(sink) :], key=lambda i: (score_of[i], -i))  # ties: the earlier passage nearer
+        return chosen[: len(sink)] + kept
 
     def scores(
         self,
