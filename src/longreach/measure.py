@@ -2,11 +2,17 @@
 torch allocated there.
 
 Peak RSS uses Linux's resettable high-water mark (``/proc/self/clear_refs`` then ``VmHWM``); where that
-is unavailable it samples RSS from a background thread every few milliseconds (a lower bound).
+is unavailable it samples RSS from a background thread every few milliseconds (a lower bound). Before a block starts,
+the C allocator hands the pages it holds free back to the system (glibc's ``malloc_trim``), so a block's peak starts
+from the memory in use, not from what earlier blocks freed: in one process reading InfiniRetri cells of growing
+length, the heap kept by earlier cells made the 64K cell's peak 2426 MiB; a fresh process read it in 1451 MiB.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +22,22 @@ from dataclasses import dataclass
 import psutil
 
 _STATUS = "/proc/self/status"
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Give the allocator's free pages back to the system; False where the C library cannot."""
+    trim = _malloc_trim()
+    return bool(trim is not None and trim(0) in (0, 1))
 
 
 def _reset_high_water_mark() -> bool:
@@ -57,8 +79,9 @@ class Peak:
 
 @contextmanager
 def peak_rss() -> Iterator[Peak]:
-    """Peak resident set size of this process during the block."""
+    """Peak resident set size of this process during the block (free allocator pages returned first)."""
     peak = Peak()
+    return_freed_memory()
     if _reset_high_water_mark():
         try:
             yield peak
