@@ -37,7 +37,10 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:
 def return_freed_memory() -> bool:
     """Give the allocator's free pages back to the system; False where the C library cannot."""
     trim = _malloc_trim()
-    return bool(trim is not None and trim(0) in (0, 1))
+    if trim is None:
+        return False
+    trim(0)  # 1: pages were returned, 0: none were free; either way the heap holds only what is in use
+    return True
 
 
 def _reset_high_water_mark() -> bool:
