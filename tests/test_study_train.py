@@ -106,3 +106,15 @@ def test_a_data_folder_is_checked_when_the_model_trains_not_when_the_study_is_re
     study = load_study(write(tmp_path, text))
     with pytest.raises(LongreachError, match=r"text: no such folder .*corpus"):
         run_study(study, tmp_path / "out", stages=["plain_only"], show_progress=False)
+
+
+def test_models_runs_only_the_named_models_of_each_stage_so_a_study_goes_model_by_model(tmp_path):
+    study = load_study(write(tmp_path))
+    out = tmp_path / "out"
+    outcomes = run_study(study, out, models=["abf"], show_progress=False)
+    assert [(o.name, o.summary.ran) for o in outcomes] == [("short@abf", 2)], "base and plain left for later"
+    assert not trained_dir(out, "plain").exists(), "a model not asked for is not trained"
+    rest = run_study(study, out, show_progress=False)
+    assert [(o.name, o.summary.ran) for o in rest] == [("short", 2), ("short@abf", 0), ("plain_only@plain", 1)]
+    with pytest.raises(LongreachError, match=r"study tiny_train: no model 'abff'; did you mean 'abf'"):
+        run_study(study, out, models=["abff"], show_progress=False)

@@ -165,12 +165,17 @@ def study_run_command(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     wait: float = typer.Option(3600.0, "--wait", help="seconds to wait for a pruning stage's source to finish"),
     resume_anyway: bool = typer.Option(False, "--resume-anyway", help="resume stages run with other code or settings"),
+    models: str = typer.Option("", "--models", help="comma-separated: only these models' runs (base, trained names)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> int:
     """Run a study's stages (resumable; prune rules applied), then write its merged report."""
     study = load_study(file)
     names = [s.strip() for s in stages.split(",") if s.strip()] or None
-    options = dict(executor=executor, device=device, show_progress=not quiet, wait=wait, resume_anyway=resume_anyway)
+    chosen_models = [m.strip() for m in models.split(",") if m.strip()] or None
+    options = dict(
+        executor=executor, device=device, show_progress=not quiet, wait=wait, resume_anyway=resume_anyway,
+        models=chosen_models,
+    )
     outcomes = run_study(study, out_dir, stages=names, **options)
     for outcome in outcomes:
         pruned = f", pruned {', '.join(outcome.pruned)}" if outcome.pruned else ""

@@ -119,14 +119,20 @@ def run_study(
     show_progress: bool = True,
     wait: float = 3600.0,
     resume_anyway: bool = False,
+    models: list[str] | None = None,
 ) -> list[StageOutcome]:
     """Run the named stages (default: all, in file order) into ``out``; each stage resumes what is stored (refusing
-    other code or settings, unless ``resume_anyway``)."""
+    other code or settings, unless ``resume_anyway``). ``models`` (default: all) keeps only those models' runs of
+    each stage, so a long training study can go model by model (train one, evaluate it everywhere, then the next)."""
     chosen = [study.stage(name) for name in stages] if stages else list(study.stages)
+    wanted = study.check_models(models) if models else None
     outcomes = []
     for stage in chosen:
+        chosen_models = [m for m in stage.models if wanted is None or m in wanted]
+        if not chosen_models:
+            continue
         methods, pruned = rows_after_pruning(study, stage, out, wait)
-        for model in stage.models:
+        for model in chosen_models:
             model_dir = None if model == BASE else ensure_trained(study, model, out, device, show_progress)
             config = stage_config(study, stage, out, executor, device, methods, resume_anyway, model, model_dir)
             start = time.perf_counter()

@@ -149,6 +149,14 @@ class Study:
                 return model
         raise LongreachError(f"study {self.name}: no trained model {name!r}")
 
+    def check_models(self, names: list[str]) -> set[str]:
+        """``names`` as a set, each the base model (``base``) or one the study trains; an unknown name is one line."""
+        valid = [BASE] + [model.name for model in self.trained]
+        for name in names:
+            if name not in valid:
+                raise LongreachError(f"study {self.name}: no model {name!r}; {did_you_mean(name, valid)}")
+        return set(names)
+
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
             if stage.name == name:
