@@ -173,7 +173,11 @@ def study_run_command(
     names = [s.strip() for s in stages.split(",") if s.strip()] or None
     chosen_models = [m.strip() for m in models.split(",") if m.strip()] or None
     options = dict(
-        executor=executor, device=device, show_progress=not quiet, wait=wait, resume_anyway=resume_anyway,
+        executor=executor,
+        device=device,
+        show_progress=not quiet,
+        wait=wait,
+        resume_anyway=resume_anyway,
         models=chosen_models,
     )
     outcomes = run_study(study, out_dir, stages=names, **options)
