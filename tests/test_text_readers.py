@@ -203,6 +203,33 @@ def test_recycle_reads_the_labelled_context_and_demonstrations(tiny, niah):
     assert len(engine.prompts) == 1 and len(engine.prompts[0][0]) > 3000 and generation.prompt_tokens == 3000
 
 
+def test_recycle_within_a_budget_numbers_only_what_select_keeps_and_recycles_only_from_it(tiny, niah):
+    engine = Recording(Engine(tiny))
+    cut = cut_units(tiny.tokenizer, niah.prompt, len(niah.context), 64, pack=True, head=32)
+    special = engine.encode("")
+    whole = parse_stack("recycle:unit=64").of_kind("reader")
+    roomy = parse_stack("recycle:unit=64:budget=4000").of_kind("reader")
+    assert roomy.prompt_ids(tiny.tokenizer, cut, special, roomy.kept(engine, NONE, cut, special)) == whole.prompt_ids(
+        tiny.tokenizer, cut, special
+    ), "a context within the budget is read whole"
+    for order in ("document", "relevance"):
+        reader = parse_stack(f"recycle:unit=64:budget=600:order={order}").of_kind("reader")
+        kept = reader.kept(engine, NONE, cut, special)
+        selected = parse_stack(f"select:budget=600:unit=64:order={order}").of_kind("reader")
+        assert kept == selected.choose(engine, NONE, cut, special), "select's passages, in select's order"
+        paragraphs = kept[len(leading(cut.units, 32)) :]
+        demos = reader.demonstrations(tiny.tokenizer, cut, paragraphs)
+        assert demos and all(d.paragraph in paragraphs and paragraphs[d.number - 1] == d.paragraph for d in demos)
+        text = tiny.tokenizer.decode(reader.prompt_ids(tiny.tokenizer, cut, special, kept))
+        assert f"\nParagraph {len(paragraphs)}:" in text and f"\nParagraph {len(paragraphs) + 1}:" not in text
+        reader.read(engine, request_for(niah), NONE)
+        assert engine.prompts[-1][0] == reader.prompt_ids(tiny.tokenizer, cut, special, kept)
+    answer = next(i for i in range(len(cut.units)) if niah.answers[0] in cut.text(i))
+    assert kept[-1] == answer, "relevance order: the needle's paragraph last, next to the demonstrations"
+    with pytest.raises(LongreachError, match="recycle: order applies with a budget"):
+        parse_stack("recycle:order=relevance")
+
+
 def test_template_pairs():
     assert template_pair("Noise here. The pass key is 48213. More.") == ("What is the pass key?", "48213", True)
     assert template_pair("The peach was wet and the brook was fancy.") == ("What was the peach?", "wet", True)

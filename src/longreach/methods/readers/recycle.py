@@ -18,6 +18,12 @@ first. The source paragraphs are drawn at random (``seed``) among those that are
 paragraphs BM25 ranks most relevant to the question, so a demonstration never comes from (and never gives away) the
 paragraph that answers the question, as far as BM25 finds it.
 
+Past the model's window, ``budget=N`` first keeps the paragraphs BM25 ranks most relevant to the question within
+N context tokens (the sink included), exactly as ``select:budget=N`` keeps them, in document order or (``order=
+relevance``) from the least to the most relevant; only those are numbered (1..k in reading order) and demonstrations
+come only from them. The labels and demonstrations come on top of the budget (about 5 tokens a paragraph and 40 a
+demonstration). A context within the budget is read whole, as without one.
+
 ``demos=0`` hands the prompt to the plain model unchanged.
 """
 
@@ -31,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from longreach.generation import Generation, Request
 from longreach.methods.readers.base import ReaderMethod, ReadingEngine
 from longreach.methods.readers.retrieval import bm25_scores
+from longreach.methods.readers.select import Order, Select
 from longreach.methods.readers.units import Cut, cut_units, leading, split_sentences, time_now, with_reading_cost
 from longreach.methods.spec import register
 from longreach.params import require
@@ -63,6 +70,8 @@ class Recycle(ReaderMethod):
     sink: int = field(default=32, metadata={"help": "leading context tokens kept unlabelled (instructions)"})
     exclude: int = field(default=1, metadata={"help": "paragraphs most relevant to the question (BM25) never used"})
     seed: int = field(default=0, metadata={"help": "which paragraphs are drawn"})
+    budget: int = field(default=0, metadata={"help": "context tokens kept by BM25 selection first (0: all)"})
+    order: Order = field(default="document", metadata={"help": "budget: kept paragraphs by document or relevance"})
 
     name: ClassVar[str] = "recycle"
     example: ClassVar[str] = "recycle:unit=64:sink=16"
@@ -73,6 +82,9 @@ class Recycle(ReaderMethod):
         require(self.demos >= 0, f"recycle: demos must be >= 0; got {self.demos}")
         require(self.unit >= 1, f"recycle: unit must be >= 1; got {self.unit}")
         require(self.sink >= 0 and self.exclude >= 0, "recycle: sink and exclude must be >= 0")
+        budget_ok = self.budget == 0 or self.budget >= self.sink
+        require(budget_ok, f"recycle: budget must be 0 (all) or >= sink ({self.sink}); got {self.budget}")
+        require(self.budget > 0 or self.order == "document", "recycle: order applies with a budget (budget=N)")
 
     def read(self, engine: ReadingEngine, request: Request, inner: MethodStack) -> Generation:
         if self.demos == 0:
@@ -80,29 +92,44 @@ class Recycle(ReaderMethod):
         start = time_now()
         special = engine.encode("")
         cut = cut_units(engine.tokenizer, request.prompt, len(request.context), self.unit, pack=True, head=self.sink)
-        prompt_ids = self.prompt_ids(engine.tokenizer, cut, special)
+        kept = self.kept(engine, inner, cut, special)
+        prompt_ids = self.prompt_ids(engine.tokenizer, cut, special, kept)
         generation, _ = engine.complete(prompt_ids, request, inner)
         return with_reading_cost(generation, time_now() - start, len(special) + cut.context_tokens + len(cut.question))
 
-    def prompt_ids(self, tokenizer: Any, cut: Cut, special: list[int]) -> list[int]:
+    def kept(self, engine: ReadingEngine, inner: MethodStack, cut: Cut, special: list[int]) -> list[int]:
+        """The paragraphs read, sink first, in reading order: all of them, or those ``select`` keeps within
+        ``budget``."""
+        if self.budget == 0 or cut.context_tokens <= self.budget:
+            return list(range(len(cut.units)))
+        selector = Select(retriever="bm25", budget=self.budget, unit=self.unit, sink=self.sink, order=self.order)
+        return selector.choose(engine, inner, cut, special)
+
+    def prompt_ids(self, tokenizer: Any, cut: Cut, special: list[int], kept: list[int] | None = None) -> list[int]:
+        """[special] + sink + the numbered paragraphs (``kept``, default all, in that order) + the demonstrations +
+        the question."""
+
         def encode(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+        kept = list(range(len(cut.units))) if kept is None else kept
         sink = leading(cut.units, self.sink)
+        paragraphs = [i for i in kept if i >= len(sink)]
         ids = special + cut.ids(sink)
-        for number, i in enumerate(range(len(sink), len(cut.units)), start=1):
+        for number, i in enumerate(paragraphs, start=1):
             space = "" if cut.text(i)[:1].isspace() else " "  # a word token may carry the space itself
             ids += encode(f"\nParagraph {number}:{space}") + cut.units[i]
-        for demo in self.demonstrations(tokenizer, cut):
+        for demo in self.demonstrations(tokenizer, cut, paragraphs):
             text = f"\n\nQuestion: {demo.question}\nAnswer: The relevant paragraph is Paragraph {demo.number}. "
             ids += encode(text + demo.answer)
         return ids + cut.question
 
-    def demonstrations(self, tokenizer: Any, cut: Cut) -> list[Demonstration]:
-        """Up to ``demos`` template QA pairs, each from its own paragraph, none from the ``exclude`` paragraphs most
-        relevant to the question."""
-        first = len(leading(cut.units, self.sink))
-        paragraphs = list(range(first, len(cut.units)))
+    def demonstrations(self, tokenizer: Any, cut: Cut, paragraphs: list[int] | None = None) -> list[Demonstration]:
+        """Up to ``demos`` template QA pairs, each from its own paragraph among ``paragraphs`` (default: every one
+        after the sink, in reading order: a demonstration's number is its place there), none from the ``exclude``
+        paragraphs most relevant to the question."""
+        if paragraphs is None:
+            paragraphs = list(range(len(leading(cut.units, self.sink)), len(cut.units)))
         if not paragraphs:
             return []
         question = tokenizer.decode(cut.question, skip_special_tokens=True).strip()
@@ -122,7 +149,7 @@ class Recycle(ReaderMethod):
         chosen, asked = [], set()
         for i, q, a in facts + clozes:
             if q not in asked and len(chosen) < self.demos:
-                chosen.append(Demonstration(i, i - first + 1, q, a))
+                chosen.append(Demonstration(i, paragraphs.index(i) + 1, q, a))
                 asked.add(q)
         return chosen
 
