@@ -4,6 +4,7 @@ what each training run cost; mistakes in the train section are one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from longreach.errors import LongreachError
 from longreach.results import ResultsStore
 from longreach.study import load_study, report_study, run_study
+from longreach.study import run as run_module
 from longreach.study.training import trained_dir
 
 STUDY = """
@@ -118,3 +120,24 @@ def test_models_runs_only_the_named_models_of_each_stage_so_a_study_goes_model_b
     assert [(o.name, o.summary.ran) for o in rest] == [("short", 2), ("short@abf", 0), ("plain_only@plain", 1)]
     with pytest.raises(LongreachError, match=r"study tiny_train: no model 'abff'; did you mean 'abf'"):
         run_study(study, out, models=["abff"], show_progress=False)
+
+
+def test_a_stage_killed_midway_is_still_labelled_with_its_model(tmp_path, monkeypatch):
+    """A merged report must not show a trained model's partial stage as the base model's rows."""
+    study = load_study(write(tmp_path))
+    out = tmp_path / "out"
+    real_sweep = run_module.run_sweep
+
+    def killed_after_one_cell(config, show_progress=True):
+        if config.out.name != "short@abf":
+            return real_sweep(config, show_progress=show_progress)
+        one_cell = dataclasses.replace(config, grid=dataclasses.replace(config.grid, methods=config.grid.methods[:1]))
+        real_sweep(one_cell, show_progress=show_progress)
+        raise KeyboardInterrupt  # the process dies after one cell of the stage
+
+    monkeypatch.setattr(run_module, "run_sweep", killed_after_one_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, out, stages=["short"], show_progress=False)
+    report_study(study, out)
+    rows = {c["row"] for c in json.loads((out / "report.json").read_text())["cells"]}
+    assert rows == {"none", "linear:factor=3", "none (abf)"}, "the partial stage's cell is the abf model's"

@@ -135,19 +135,17 @@ def run_study(
         for model in chosen_models:
             model_dir = None if model == BASE else ensure_trained(study, model, out, device, show_progress)
             config = stage_config(study, stage, out, executor, device, methods, resume_anyway, model, model_dir)
+            with ResultsStore(config.out) as store:  # before any cell: a stage killed midway keeps its model's label
+                store.set_meta(
+                    study=study.source, stage=stage.name, model=model, label=stage_label(stage, model), pruned=pruned
+                )
             start = time.perf_counter()
             summary = run_sweep(config, show_progress=show_progress)
             seconds = time.perf_counter() - start
             with ResultsStore(config.out) as store:
                 walls = store.meta().get("wall_seconds", [])
-                store.set_meta(
-                    study=study.source,
-                    stage=stage.name,
-                    model=model,
-                    label=stage_label(stage, model),
-                    pruned=pruned,
-                    wall_seconds=walls + [{"executor": executor, "seconds": round(seconds, 1), "ran": summary.ran}],
-                )
+                walls.append({"executor": executor, "seconds": round(seconds, 1), "ran": summary.ran})
+                store.set_meta(wall_seconds=walls)
             outcomes.append(StageOutcome(config.out.name, summary, seconds, pruned))
     return outcomes
 
