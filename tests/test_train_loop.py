@@ -47,6 +47,10 @@ def test_a_trained_folder_loads_in_eval_and_stacks_with_a_position_method(tmp_pa
     summary = train(config(tmp_path, recipe="abf:theta=40000"))
     assert summary.model_dir == tmp_path / "run" / "model"
     loaded = load_model(str(summary.model_dir), "fp32")
+    assert loaded.weights == (
+        "random tiny Llama in fp32, trained by longreach train (abf:theta=40000, LoRA r=16 merged), saved in "
+        "fp32; read in fp32"
+    ), "a result read from the folder says what its weights are"
     assert loaded.tokenizer.encode("The pass key is 12345.") == tiny_tokenizer().encode("The pass key is 12345.")
     ids = torch.tensor([tiny_tokenizer().encode("The grass is green. " * 20)])
     with parse_stack("yarn:factor=2").applied(loaded):

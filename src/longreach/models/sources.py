@@ -60,6 +60,9 @@ def quiet_transformers() -> Iterator[None]:
                 os.environ[key] = value
 
 
+WEIGHTS_NOTE = "longreach_weights.txt"  # in a model folder: what its weights are, in words (``longreach train``)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Base class: a kind of model files. Subclasses register themselves (``@register_source``)."""
@@ -145,9 +148,16 @@ def _checked_path(source: ModelSource) -> Path:
 @register_source
 @dataclass(frozen=True)
 class HFDirSource(ModelSource):
-    """A Hugging Face model folder (config.json, weights, tokenizer)."""
+    """A Hugging Face model folder (config.json, weights, tokenizer). A folder ``longreach train`` wrote carries the
+    note of the weights it started from (``WEIGHTS_NOTE``), so a result read from it still says what they are."""
 
     kind: ClassVar[str] = "hf_dir"
+
+    def weights_note(self, dtype: str) -> str:
+        note = Path(self.path) / WEIGHTS_NOTE
+        if note.is_file():
+            return f"{note.read_text().strip()}; read in {dtype}"
+        return super().weights_note(dtype)
 
     def __post_init__(self) -> None:
         _checked_path(self)

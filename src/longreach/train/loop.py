@@ -46,7 +46,7 @@ from longreach.errors import LongreachError
 from longreach.measure import Stopwatch, peak_gpu, peak_rss, peak_rss_so_far
 from longreach.models import LoadedModel, adapter, load_model, load_tokenizer, resolve
 from longreach.models.loading import DTYPES, check_device_name
-from longreach.models.sources import quiet_transformers
+from longreach.models.sources import WEIGHTS_NOTE, quiet_transformers
 from longreach.prompts import PROMPT_CHOICES
 from longreach.results import provenance
 from longreach.train.data import open_documents, parse_data
@@ -173,7 +173,9 @@ def train(config: TrainConfig) -> TrainSummary:
     state = _restore(checkpoint, model, optimizer, scheduler, config) if checkpoint else TrainState()
     steps = _steps(recipe, loaded.tokenizer, config, state.step)
     _run(model, recipe, steps, optimizer, scheduler, state, config)
-    model_dir = save_model(model, loaded.tokenizer, recipe, config.out / MODEL_DIR, config.dtype)
+    model_dir = save_model(
+        model, loaded.tokenizer, recipe, config.out / MODEL_DIR, config.dtype, _weights_note(config, loaded)
+    )
     _write_record(config, recipe, loaded, state, model_dir)
     return TrainSummary(
         config.out,
@@ -440,10 +442,17 @@ def _restore(
 # ---- the saved model ---------------------------------------------------------------------------------------------
 
 
-def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str) -> Path:
+def _weights_note(config: TrainConfig, loaded: LoadedModel) -> str:
+    """What the saved weights are: the base model's note, the recipe and how it trained, the saved dtype."""
+    how = "every weight fine-tuned" if config.lora == "none" else f"LoRA {config.lora} merged"
+    return f"{loaded.weights}, trained by longreach train ({config.recipe}, {how}), saved in {config.dtype}"
+
+
+def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str, weights: str = "") -> Path:
     """Merge LoRA into the weights and write a plain transformers folder (weights in ``dtype``, the config with the
-    recipe's changes, the tokenizer and its chat template), then the recipe's own files. Written to a temporary
-    folder and renamed into place."""
+    recipe's changes, the tokenizer and its chat template), then the recipe's own files and ``weights``, the note of
+    what the weights are (:data:`longreach.models.sources.WEIGHTS_NOTE`). Written to a temporary folder and renamed
+    into place."""
     lm = model.merge_and_unload() if hasattr(model, "merge_and_unload") else causal_lm(model)
     lm = lm.to(DTYPES[dtype]).eval()
     try:
@@ -458,6 +467,8 @@ def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str
         lm.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     recipe.finish(lm, staging)
+    if weights:
+        (staging / WEIGHTS_NOTE).write_text(weights + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.rename(staging, out)
