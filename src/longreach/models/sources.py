@@ -153,18 +153,18 @@ class HFDirSource(ModelSource):
 
     kind: ClassVar[str] = "hf_dir"
 
-    def weights_note(self, dtype: str) -> str:
-        note = Path(self.path) / WEIGHTS_NOTE
-        if note.is_file():
-            return f"{note.read_text().strip()}; read in {dtype}"
-        return super().weights_note(dtype)
-
     def __post_init__(self) -> None:
         _checked_path(self)
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").is_file()
+
+    def weights_note(self, dtype: str) -> str:
+        note = Path(self.path) / WEIGHTS_NOTE
+        if note.is_file():
+            return f"{note.read_text().strip()}; read in {dtype}"
+        return super().weights_note(dtype)
 
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -448,7 +448,7 @@ def _weights_note(config: TrainConfig, loaded: LoadedModel) -> str:
     return f"{loaded.weights}, trained by longreach train ({config.recipe}, {how}), saved in {config.dtype}"
 
 
-def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str, weights: str = "") -> Path:
+def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str, weights: str) -> Path:
     """Merge LoRA into the weights and write a plain transformers folder (weights in ``dtype``, the config with the
     recipe's changes, the tokenizer and its chat template), then the recipe's own files and ``weights``, the note of
     what the weights are (:data:`longreach.models.sources.WEIGHTS_NOTE`). Written to a temporary folder and renamed
@@ -467,8 +467,7 @@ def save_model(model: Any, tokenizer: Any, recipe: Recipe, out: Path, dtype: str
         lm.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     recipe.finish(lm, staging)
-    if weights:
-        (staging / WEIGHTS_NOTE).write_text(weights + "\n")
+    (staging / WEIGHTS_NOTE).write_text(weights + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.rename(staging, out)
