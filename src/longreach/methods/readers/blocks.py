@@ -128,11 +128,11 @@ class BlockRetrieval:
             (torch.zeros(heads, 1, dtype=torch.long), chosen, torch.full((heads, 1), current - 1, dtype=torch.long)),
             dim=1,
         )  # (h, S)
-        index = (blocks[:, :, None] * w + torch.arange(w)).reshape(heads, -1)  # (h, S*w) token indices
-        kv_head = torch.arange(heads) // call.groups
-        own = torch.arange(current * w, int(positions[-1]) + 1)
-        gathered_k = torch.cat((key[0][kv_head[:, None], index], key[0][kv_head][:, own]), dim=1)[None]
-        gathered_v = torch.cat((value[0][kv_head[:, None], index], value[0][kv_head][:, own]), dim=1)[None]
+        chosen_tokens = (blocks[:, :, None] * w + torch.arange(w)).reshape(heads, -1)  # (h, S*w)
+        own = torch.arange(current * w, int(positions[-1]) + 1).expand(heads, -1)  # (h, t'): the current block
+        index = torch.cat((chosen_tokens, own), dim=1)  # (h, S*w + t'): only these rows are copied
+        kv_head = (torch.arange(heads) // call.groups)[:, None]
+        gathered_k, gathered_v = key[0][kv_head, index][None], value[0][kv_head, index][None]
         slots_used = blocks.shape[1]
         key_positions = torch.arange(gathered_k.shape[2])
         query_positions = slots_used * w + (positions - current * w)
