@@ -150,3 +150,24 @@ def test_a_store_written_before_the_declared_schema_is_upgraded(tmp_path):
         assert row["compressed_kv_bytes"] == 77 and row["random_baseline"] == 0.1
         assert store.provenances()[row["provenance_id"]]["git_sha"] == "old"
         assert store.finished_keys() == {"passkey|none|512|0.5|0"}, "old keys stay valid"
+
+
+def test_curve_lines_never_share_a_style_and_the_legend_stands_beside_the_plot(tmp_path, monkeypatch):
+    """Eleven readers in one curve plot shared a color (matplotlib's cycle has ten) and the legend covered lines."""
+    import matplotlib.pyplot as plt
+
+    from longreach.report import plots
+
+    for count in (3, 11, 25):
+        styles = plots.line_styles(count)
+        assert len(set(styles)) == count
+    drawn = {}
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault("fig", fig))
+    lines = {f"method{i}": [(16384, 0.1 * (i % 10)), (32768, 0.5)] for i in range(11)}
+    plots.curves(lines, "passkey", 8192, 0.85, tmp_path / "curve.png")
+    ax = drawn["fig"].axes[0]
+    styles = {(line.get_color(), line.get_marker()) for line in ax.get_lines() if line.get_label() in lines}
+    assert len(styles) == 11
+    legend = ax.get_legend().get_window_extent(drawn["fig"].canvas.get_renderer())
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, so it covers no line
+    assert (tmp_path / "curve.png").stat().st_size > 0

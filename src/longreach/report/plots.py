@@ -74,14 +74,25 @@ def perplexity_curves(lines: dict[str, list[tuple[int, float]]], task: str, nati
 def _length_lines(ax: plt.Axes, lines: dict[str, list[tuple[int, float]]]) -> list[int]:
     """One line per row (row -> [(length, y)]) over a log2 context-length axis ticked at each length; the lengths.
     Minor ticks go off on both axes, so a y scale must be set before."""
-    for row, line in lines.items():
-        ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=row)
+    for (row, line), (color, marker) in zip(lines.items(), line_styles(len(lines)), strict=True):
+        ax.plot([x for x, _ in line], [y for _, y in line], color=color, marker=marker, label=row)
     lengths = sorted({x for line in lines.values() for x, _ in line})
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [tokens_label(x) for x in lengths])
     ax.minorticks_off()
     ax.set_xlabel("context length (tokens)")
     return lengths
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def line_styles(count: int) -> list[tuple[tuple[float, ...], str]]:
+    """(color, marker) for ``count`` lines, no two alike: tab10's colors up to ten lines, tab20's up to twenty,
+    then the colors again with the next marker."""
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    colors = palette.N
+    return [(tuple(palette(i % colors)), MARKERS[(i // colors) % len(MARKERS)]) for i in range(count)]
 
 
 def _mark_native(ax: plt.Axes, native: int | None, top: int) -> None:
@@ -94,9 +105,8 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path) 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over a line
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
