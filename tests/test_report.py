@@ -161,7 +161,7 @@ def test_curve_lines_never_share_a_style_and_the_legend_stands_beside_the_plot(t
     for count in (3, 11, 25):
         styles = plots.line_styles(count)
         assert len(set(styles)) == count
-    drawn = {}
+    drawn, close = {}, plt.close
     monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault("fig", fig))
     lines = {f"method{i}": [(16384, 0.1 * (i % 10)), (32768, 0.5)] for i in range(11)}
     plots.curves(lines, "passkey", 8192, 0.85, tmp_path / "curve.png")
@@ -171,3 +171,4 @@ def test_curve_lines_never_share_a_style_and_the_legend_stands_beside_the_plot(t
     legend = ax.get_legend().get_window_extent(drawn["fig"].canvas.get_renderer())
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, so it covers no line
     assert (tmp_path / "curve.png").stat().st_size > 0
+    close(drawn["fig"])
