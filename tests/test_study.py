@@ -13,6 +13,7 @@ import longreach.cli as cli
 from longreach.errors import LongreachError
 from longreach.results import ResultsStore
 from longreach.study import load_study, recorded_study, report_study, run_study
+from longreach.tasks import text as text_module
 
 STUDY = """
 name: tiny
@@ -101,9 +102,11 @@ def test_mistakes_in_a_study_file_are_one_line(tmp_path, edit, message):
         load_study(write(tmp_path, STUDY.replace(*edit)))
 
 
-def test_the_shipped_studies_are_valid():
+def test_the_shipped_studies_are_valid(monkeypatch):
     """Every shipped study parses, runs SmolLM2 and states its prompt format (raw, or chat for instruction-style
-    families such as studies/families.yaml), so its committed report says what the model read."""
+    families such as studies/families.yaml), so its committed report says what the model read. The local text files
+    the studies name (Debian's python3-doc) need not be installed where the tests run: only their names are read."""
+    monkeypatch.setattr(text_module, "read_text", lambda path: "text")
     for path in sorted((Path(__file__).parents[1] / "studies").glob("*.yaml")):
         study = load_study(path)
         assert study.model == "smollm2-135m" and study.prompt in ("raw", "chat"), path

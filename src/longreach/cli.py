@@ -22,11 +22,12 @@ from longreach.methods.auto import cached_calibration
 from longreach.methods.base import KIND_ORDER
 from longreach.models import ZOO, load_model
 from longreach.report import render_report
+from longreach.results import STORE_NAME
 from longreach.runner import Grid, RunConfig, parse_depths, parse_lengths, run_sweep
 from longreach.runner.executors import EXECUTORS
 from longreach.runner.export import export_instances
 from longreach.serve import ServeConfig, run_server
-from longreach.study import load_study, recorded_study, report_study, run_study
+from longreach.study import load_study, recorded_study, report_study, restore_study, run_study
 from longreach.tasks import SUITES, TASKS, parse_task, suite_tasks
 from longreach.train.loop import TrainConfig, train
 from longreach.train.recipe import recipe_rows
@@ -202,6 +203,19 @@ def study_report_command(
     path = report_study(study, folder, report_out=out_dir, baseline=_canonical(baseline), heatmaps=heatmaps)
     out.print(path.with_name("report.md").read_text().split("## Figures")[0].rstrip())
     out.print(f"report: {path.resolve()}")
+    return 0
+
+
+@study_app.command("restore")
+def study_restore_command(
+    report: Path = typer.Argument(..., help="a study's committed report.json (or its folder)"),
+    out_dir: Path = typer.Option(..., "--out", help="the study folder to write (then `study run` resumes it)"),
+) -> int:
+    """Rebuild a study's folder (its stages' stores, training records) from its report, to go on with it."""
+    written = restore_study(report, out_dir)
+    stores = [p for p in written if p.name == STORE_NAME]
+    out.print(f"restored {len(stores)} stores and {len(written) - len(stores)} training records into {out_dir}")
+    out.print(f"next: longreach study run STUDY.yaml --out {out_dir} (add --resume-anyway if the code changed)")
     return 0
 
 

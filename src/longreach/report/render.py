@@ -1,5 +1,6 @@
 """Write the report files from one or more results stores (runs merged): ``report.json`` (the declared schema,
-every provenance, cells, aggregates with 95% intervals, baseline ratios, effective length, failed cells),
+every provenance, each store's run-level facts, cells with their details, aggregates with 95% intervals, baseline
+ratios, effective length, failed cells: enough for :mod:`longreach.report.restore` to rebuild the stores),
 ``report.md``, a self-contained ``report.html`` (figures embedded) and the PNG figures. The markdown and HTML are
 rendered from the same tables, whose columns come from the declared metrics.
 """
@@ -52,16 +53,18 @@ class Runs:
     threshold: float
     calibration: dict[str, Any]
     names: list[str]
+    metas: dict[str, dict[str, Any]]  # each store's meta (its settings, code, label, wall seconds), by run name
 
 
 def read_runs(folders: list[Path]) -> Runs:
     """Every cell of every store; provenance ids become ``run:id`` when several runs merge."""
-    rows, provenance, calibration, thresholds = [], {}, {}, []
+    rows, provenance, calibration, thresholds, metas = [], {}, {}, [], {}
     names = [Path(f).name or str(f) for f in folders]
     for folder, name in zip(folders, names, strict=True):
         prefix = f"{name}:" if len(folders) > 1 else ""
         with ResultsStore.existing(Path(folder)) as store:
             meta = store.meta()
+            metas[name] = meta
             thresholds.append(meta.get("threshold", 0.85))
             calibration.update(meta.get("calibration", {}))
             provenance.update({f"{prefix}{i}": p for i, p in store.provenances().items()})
@@ -70,7 +73,7 @@ def read_runs(folders: list[Path]) -> Runs:
                 row["run"] = name
                 row["label"] = meta.get("label", "")
                 rows.append(row)
-    return Runs(rows, provenance, thresholds[0], calibration, names)
+    return Runs(rows, provenance, thresholds[0], calibration, names, metas)
 
 
 def render_report(
@@ -190,12 +193,14 @@ def _json_document(
             "provenance_id": row["provenance_id"],
             "run": row["run"],
             "beyond_native_window": bool(native) and row["context_length"] > native,
+            "meta": row["meta"],
+            **({"series": row["series"]} if row["series"] else {}),
         }
         for row in runs.rows
         if row["status"] == "ok"
     ]
     failed = [
-        {**{axis.name: row[axis.name] for axis in AXES}, "error": row["error"], "run": row["run"]}
+        {**{axis.name: row[axis.name] for axis in AXES}, "error": row["error"], "run": row["run"], "meta": row["meta"]}
         for row in runs.rows
         if row["status"] == "error"
     ]
@@ -218,6 +223,7 @@ def _json_document(
             "metrics": [asdict(m) for m in METRICS],
         },
         "runs": runs.names,
+        "stores": {name: {k: v for k, v in meta.items() if k != "study"} for name, meta in runs.metas.items()},
         "provenance": runs.provenance,
         "threshold": threshold,
         "native_context_length": native,

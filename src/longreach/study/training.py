@@ -48,8 +48,10 @@ def ensure_trained(study: Study, name: str, out: Path, device: str = "cpu", show
 
 
 def _finished(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds this training run, finished. A record without its model folder (a run restored
+    from a report, or one whose weights were deleted) is trained again."""
     record = config.out / RECORD
-    if not record.is_file():
+    if not record.is_file() or not (config.out / MODEL_DIR).is_dir():
         return False
     changed = changed_setting(json.loads(record.read_text())["settings"], config)
     if changed:
@@ -58,7 +60,7 @@ def _finished(config: TrainConfig) -> bool:
             f"{config.out} holds a finished training run with {key}={was!r}, the study now says {now!r}; delete that "
             "folder or give the model a new name"
         )
-    return (config.out / MODEL_DIR).is_dir()
+    return True
 
 
 def training_records(study: Study, out: Path) -> dict[str, dict[str, Any]]:
