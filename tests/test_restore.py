@@ -129,6 +129,9 @@ def test_restore_refuses_a_folder_with_results_and_a_file_that_is_no_report(repo
     bad.write_text('{"cells": []}')
     with pytest.raises(LongreachError, match=r"not a longreach report.json \(it lacks runs, provenance"):
         restore_study(bad, tmp_path / "x")
+    bad.write_text("[1, 2]")
+    with pytest.raises(LongreachError, match="it holds no JSON object"):
+        restore_study(bad, tmp_path / "x")
     plain = json.loads((reported / "report.json").read_text())
     del plain["study"]
     bad.write_text(json.dumps(plain))

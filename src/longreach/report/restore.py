@@ -31,9 +31,11 @@ def read_report(path: Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise LongreachError(f"cannot read {path} as a report.json: {error}") from None
+    if not isinstance(document, dict):
+        raise LongreachError(f"{path} is not a longreach report.json (it holds no JSON object)")
     missing = [key for key in ("runs", "provenance", "cells", "failed_cells") if key not in document]
-    if not isinstance(document, dict) or missing:
-        raise LongreachError(f"{path} is not a longreach report.json (it lacks {', '.join(missing) or 'an object'})")
+    if missing:
+        raise LongreachError(f"{path} is not a longreach report.json (it lacks {', '.join(missing)})")
     return document
 
 
