@@ -23,11 +23,13 @@ def restore_study(report: Path, out: Path) -> list[Path]:
     document = read_report(report)
     if not document.get("study"):
         raise LongreachError(f"{report} is the report of a run, not of a study (it records no study)")
+    training = document.get("training") or {}
+    for name in training:  # refused before anything is written
+        if (trained_dir(out, name) / RECORD).exists():
+            raise LongreachError(f"{trained_dir(out, name) / RECORD} exists; restore into a new folder")
     written = [folder / STORE_NAME for folder in restore_stores(document, out, str(report))]
-    for name, record in (document.get("training") or {}).items():
+    for name, record in training.items():
         folder = trained_dir(out, name)
-        if (folder / RECORD).exists():
-            raise LongreachError(f"{folder / RECORD} exists; restore into a new folder")
         folder.mkdir(parents=True, exist_ok=True)
         settings = {**record["settings"], "out": str(folder)}
         restored = {**record, "settings": settings, "model_dir": str(folder / MODEL_DIR), "restored_from": str(report)}
