@@ -15,7 +15,7 @@ from longreach.errors import LongreachError
 from longreach.results import ResultsStore
 from longreach.study import load_study, report_study, run_study
 from longreach.study import run as run_module
-from longreach.study.training import trained_dir
+from longreach.study.training import trained_dir, training_table
 
 STUDY = """
 name: tiny_train
@@ -141,3 +141,15 @@ def test_a_stage_killed_midway_is_still_labelled_with_its_model(tmp_path, monkey
     report_study(study, out)
     rows = {c["row"] for c in json.loads((out / "report.json").read_text())["cells"]}
     assert rows == {"none", "linear:factor=3", "none (abf)"}, "the partial stage's cell is the abf model's"
+
+
+def test_the_training_table_compares_the_first_fifth_of_the_losses_with_the_last(tmp_path):
+    study = load_study(write(tmp_path))
+    out = tmp_path / "out"
+    record = {"recipe": "abf:theta=40000", "steps": 10, "tokens": 2560, "train_seconds": 5.0, "tokens_per_s": 512.0,
+              "peak_rss_mb": 300.0, "losses": [1.0, 7.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0]}  # fmt: skip
+    trained_dir(out, "abf").mkdir(parents=True)
+    (trained_dir(out, "abf") / "train.json").write_text(json.dumps(record))
+    table = training_table(study, out)
+    assert table.rows[0][-1] == "4.000 -> 1.500", "a noisy first step alone would read 1.000 -> 1.500"
+    assert table.rows[1][3] == "not trained"

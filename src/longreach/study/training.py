@@ -85,7 +85,7 @@ def training_table(study: Study, out: Path) -> Table | None:
             rows.append([model.name, model.recipe, str(model.length), "not trained", "-", "-", "-", "-", "-"])
             continue
         losses = record["losses"]
-        tail = losses[-max(1, len(losses) // 5) :]  # the last fifth of the steps: less noisy than the last step
+        fifth = max(1, len(losses) // 5)  # a fifth of the steps on each side: single steps are noisy (mixed data)
         rows.append([
             model.name,
             record["recipe"],
@@ -95,7 +95,7 @@ def training_table(study: Study, out: Path) -> Table | None:
             f"{record['train_seconds']:.0f}",
             f"{record['tokens_per_s']:.0f}",
             f"{record['peak_rss_mb']:.0f}",
-            f"{losses[0]:.3f} -> {statistics.fmean(tail):.3f}" if losses else "-",
+            f"{statistics.fmean(losses[:fifth]):.3f} -> {statistics.fmean(losses[-fifth:]):.3f}" if losses else "-",
         ])  # fmt: skip
     return Table(
         f"Study {study.name}: trained models",
@@ -108,7 +108,7 @@ def training_table(study: Study, out: Path) -> Table | None:
             "train seconds",
             "tokens/s",
             "peak RSS (MiB)",
-            "loss (first step -> mean of the last fifth)",
+            "loss (mean of the first fifth of the steps -> the last fifth)",
         ],  # fmt: skip
         rows,
         f"Trained from {study.model} (dtype {study.dtype}) with `longreach train`, each into {TRAIN_DIR}/NAME; "
