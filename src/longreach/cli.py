@@ -7,6 +7,7 @@ an eval with failed cells exits 1; an interrupted eval says how to resume and ex
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +17,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 
 from longreach import params
 from longreach.backends import BACKENDS
-from longreach.errors import LongreachError
+from longreach.errors import LongreachError, LongreachWarning
 from longreach.methods import METHODS, parse_stack
 from longreach.methods.auto import cached_calibration
 from longreach.methods.base import KIND_ORDER
@@ -491,8 +492,26 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+_PYTHON_SHOWWARNING = warnings.showwarning
+_WARNED: set[str] = set()  # the LongreachWarnings this process has printed (each is said once)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """``warnings.showwarning`` for the CLI: a ``LongreachWarning`` as one line on stderr, once a process; other
+    warnings as Python shows them."""
+    if issubclass(category, LongreachWarning):
+        if str(message) not in _WARNED:
+            _WARNED.add(str(message))
+            print(f"longreach: warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the command, turning every user error into one line and an exit status."""
+    """Console entry point: run the command, turning every user error into one line and an exit status (and every
+    ``LongreachWarning`` into one line, once)."""
+    warnings.filterwarnings("always", category=LongreachWarning)  # _show_warning says each one once
+    warnings.showwarning = _show_warning
     try:
         status = app(args=argv, standalone_mode=False, prog_name="longreach")
     except NoArgsIsHelpError as exc:

@@ -11,6 +11,7 @@ import torch
 
 from longreach.errors import LongreachError
 from longreach.models import adapter
+from longreach.models.cpu import warn_if_slow_bf16
 from longreach.models.sources import SOURCES, ModelSource, parse_source, recognise
 from longreach.models.zoo import ZOO
 
@@ -85,6 +86,7 @@ def load_model(name_or_path: str, dtype: str = "bf16", device: str = "cpu") -> L
     if dtype not in DTYPES:
         raise LongreachError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     check_device(device)
+    warn_if_slow_bf16(dtype, device)
     source = resolve(name_or_path)
     tokenizer = source.load_tokenizer()
     model = source.load_weights(DTYPES[dtype]).to(device)
