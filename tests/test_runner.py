@@ -14,6 +14,7 @@ import pytest
 from helpers import run_config
 from longreach.backends.hf import HFBackend
 from longreach.errors import LongreachError
+from longreach.results.provenance import cpu_model
 from longreach.runner import RunConfig, run_sweep
 
 
@@ -83,6 +84,7 @@ def test_sweep_writes_every_cell_and_the_report(tmp_path):
     (provenance,) = report["provenance"].values()
     assert provenance["model"] == "tiny-llama" and provenance["native_context_length"] == 2048
     assert provenance["weights"] == "random tiny Llama in fp32" and provenance["source_hash"]
+    assert provenance["cpu"] == cpu_model() and provenance["cpu_flags"]
     assert {c["provenance_id"] for c in report["cells"]} == set(report["provenance"]), "every cell points to it"
     assert set(report["effective_length"]["none"]) == {"passkey", "niah_single_1"}
 
@@ -261,3 +263,10 @@ def test_a_bounded_reader_is_not_refused_for_lengths_beyond_memory(tmp_path, mon
         show_progress=False,
     )
     assert summary.ran == 1 and summary.failed == 0
+
+
+def test_the_cpu_is_named_by_its_model_name(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n")
+    assert cpu_model(str(cpuinfo)) == "AMD EPYC"
+    assert cpu_model(str(tmp_path / "absent")), "elsewhere: what platform knows, never empty"

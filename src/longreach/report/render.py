@@ -470,6 +470,7 @@ def _provenance_line(runs: Runs) -> str:
         "torch_version",
         "transformers_version",
         "machine",
+        "cpu",
         "cpu_flags",
         "created_at",
     )

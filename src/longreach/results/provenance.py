@@ -53,6 +53,18 @@ def code_version() -> dict[str, Any]:
     }
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) Platinum 8488C``) from ``cpuinfo``; elsewhere what
+    ``platform`` knows. Machines of one class differ up to 3x in speed (27x for bf16 training without AVX-512), so
+    reports name it."""
+    try:
+        with open(cpuinfo) as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine()
+
+
 def cpu_flags() -> str:
     """The CPU's vector-extension flags that change how kernels run (from /proc/cpuinfo), comma-separated."""
     try:
@@ -74,7 +86,7 @@ def environment() -> dict[str, Any]:
         "python_version": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus, "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM",
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
     }
