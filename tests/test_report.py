@@ -123,6 +123,12 @@ def test_runs_merge_and_rows_compare_with_the_baseline(tmp_path):
     assert "Ratio to the baseline row (none)" in md and "| passkey | yarn:factor=4 | 2K | 1.000 | 1.500 |" in md
 
 
+def test_a_baseline_alone_gets_no_empty_ratio_table(tmp_path):
+    fill(tmp_path / "a", {"none": (1.0, 1.0, 0.0)}, seconds=2.0)
+    render_report(tmp_path / "a", baseline="none")
+    assert "Ratio to the baseline row" not in (tmp_path / "a" / "report.md").read_text()
+
+
 def test_report_of_a_folder_without_results_fails_clearly(tmp_path):
     with pytest.raises(LongreachError, match="holds no results.sqlite"):
         render_report(tmp_path)

@@ -268,8 +268,9 @@ def _tables(
     if perplexity is not None:
         tables.append(perplexity)
     tables.append(_cost_table(points, label))
-    if baseline:
-        tables.append(_ratio_table(points, ratios, baseline, label))
+    ratio = _ratio_table(points, ratios, baseline, label) if baseline else None
+    if ratio is not None:
+        tables.append(ratio)
     mix = _provenance_mix(runs)
     if mix is not None:
         tables.append(mix)
@@ -397,7 +398,8 @@ def _unit(name: str) -> str:
 
 def _ratio_table(
     points: dict[Key, Group], ratios: dict[Key, dict[str, float]], baseline: str, label: dict[int, str]
-) -> Table:
+) -> Table | None:
+    """Each row's aggregates over the baseline row's; None when no row but the baseline has one (no empty table)."""
     candidates = ("score", "perplexity", "seconds", "prefill_seconds", "peak_rss_mb", "kv_cache_bytes")
     shown = [m for m in candidates if any(m in values for values in ratios.values())]
     rows = [
@@ -405,6 +407,8 @@ def _ratio_table(
         for (task, row, length) in sorted(ratios)
         if points[(task, row, length)].method != baseline
     ]
+    if not rows:
+        return None
     return Table(
         f"Ratio to the baseline row ({baseline}) at the same task and length",
         ["task", "method", "length"] + [f"{m} / baseline" for m in shown],
