@@ -18,12 +18,14 @@ from longreach.errors import LongreachWarning
 _FAST_BF16_FLAGS = ("avx512bw", "amx_bf16")  # the CPU flags that give oneDNN a bf16 path, when torch cannot say
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo_field(key: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The value of the first ``key : value`` line of ``cpuinfo`` ("" when no line has the key; None when the file
+    cannot be read, as off Linux). The one reader of /proc/cpuinfo: provenance takes the CPU's name and flags here."""
     try:
-        with open("/proc/cpuinfo") as handle:
-            return set(next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), []))
+        with open(cpuinfo) as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.split(":", 1)[0].strip() == key), "")
     except OSError:
-        return set()
+        return None
 
 
 def bf16_fast_by_flags(flags: set[str]) -> bool:
@@ -43,7 +45,7 @@ def fast_bf16() -> bool:
             return bool(probe())
         except RuntimeError:
             pass
-    return bf16_fast_by_flags(_cpu_flags())
+    return bf16_fast_by_flags(set((cpuinfo_field("flags") or "").split()))
 
 
 def warn_if_slow_bf16(dtype: str, device: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 import longreach
+from longreach.models.cpu import cpuinfo_field
 
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "fma", "f16c")
 
@@ -57,22 +58,16 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) Platinum 8488C``) from ``cpuinfo``; elsewhere what
     ``platform`` knows. Machines of one class differ up to 3x in speed (27x for bf16 training without AVX-512), so
     reports name it."""
-    try:
-        with open(cpuinfo) as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
-    except OSError:
-        name = ""
-    return name or platform.processor() or platform.machine()
+    return cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
     """The CPU's vector-extension flags that change how kernels run (from /proc/cpuinfo), comma-separated."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
+    flags = cpuinfo_field("flags")
+    if flags is None:
         return "unknown"
-    return ",".join(flag for flag in _CPU_FLAGS if flag in flags) or "none of " + "/".join(_CPU_FLAGS)
+    present = flags.split()
+    return ",".join(flag for flag in _CPU_FLAGS if flag in present) or "none of " + "/".join(_CPU_FLAGS)
 
 
 def environment() -> dict[str, Any]:
