@@ -102,6 +102,40 @@ def test_mistakes_in_a_study_file_are_one_line(tmp_path, edit, message):
         load_study(write(tmp_path, STUDY.replace(*edit)))
 
 
+def test_a_study_extends_another_with_its_own_keys_laid_over(tmp_path):
+    write(tmp_path)
+    (tmp_path / "variant.yaml").write_text("extends: study.yaml\nname: tiny_bf16\ndtype: bf16\nrows: {rope: [none]}\n")
+    variant = load_study(tmp_path / "variant.yaml")
+    base = load_study(tmp_path / "study.yaml")
+    assert (variant.name, variant.dtype, base.dtype) == ("tiny_bf16", "bf16", "fp32")
+    assert variant.stages[0].grid.methods == ("none",), "a list is replaced, not appended"
+    assert [s.name for s in variant.stages] == ["short", "long", "timing"] and variant.baseline == "none"
+    assert "extends" not in variant.source and variant.source["description"] == base.source["description"]
+
+
+def test_a_nested_mapping_is_merged_key_by_key(tmp_path):
+    train = "train:\n  settings: {data: 'tasks:passkey', length: 128, steps: 2}\n  models: {p: {recipe: plain}}\n"
+    write(tmp_path, STUDY + train)
+    (tmp_path / "fewer.yaml").write_text("extends: study.yaml\ntrain: {settings: {steps: 1}}\n")
+    (trained,) = load_study(tmp_path / "fewer.yaml").trained
+    assert (trained.name, trained.steps, trained.length) == ("p", 1, 128)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "extends: missing.yaml\n"}, r"a.yaml: extends .*missing.yaml, which is not a file"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, r"a.yaml: extends itself through"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "- a list\n"}, r"a.yaml: extends .*b.yaml, which is not a study"),
+    ],
+)
+def test_a_bad_extends_is_one_line(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(LongreachError, match=message):
+        load_study(tmp_path / "a.yaml")
+
+
 def test_the_shipped_studies_are_valid(monkeypatch):
     """Every shipped study parses, runs SmolLM2 and states its prompt format (raw, or chat for instruction-style
     families such as studies/families.yaml), so its committed report says what the model read. The local text files

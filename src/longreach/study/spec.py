@@ -36,6 +36,15 @@ more on the trained folder, into ``OUT/STAGE@NAME``, its rows labelled ``METHOD 
         models: [base, abf, yarn]                                                           # base: the study's model
         ...
 
+A study may extend another (``extends: FILE``, relative to its own file): the other file's document with this
+one's keys laid over it, mappings merged key by key and anything else replaced, e.g. the same experiment in
+another dtype with fewer training steps::
+
+    extends: train_recipes.yaml
+    name: train_recipes_fp32
+    dtype: fp32
+    train: {settings: {steps: 16}}
+
 Every value is validated here, before anything runs: an unknown key, task, method, backend or length fails with
 one line naming the stage and the bad value.
 """
@@ -326,15 +335,35 @@ def _stage(entry: Any, rows: dict[str, list[str]], seen: list[str], trained: tup
 
 
 def load_study(path: Path) -> Study:
-    """Read and validate a study file."""
-    path = Path(path)
+    """Read and validate a study file (its ``extends`` resolved)."""
+    return parse_study(_study_document(Path(path), ()), str(path))
+
+
+def _study_document(path: Path, seen: tuple[Path, ...]) -> Any:
+    """The YAML document of a study file, laid over the document it ``extends`` (``seen``: the files that extend it)."""
     if not path.is_file():
-        raise LongreachError(f"no study file {path}")
+        raise LongreachError(f"{seen[-1]}: extends {path}, which is not a file" if seen else f"no study file {path}")
+    if path.resolve() in (p.resolve() for p in seen):
+        raise LongreachError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise LongreachError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_study(document, str(path))
+    if not isinstance(document, dict) or "extends" not in document:
+        return document
+    base = _study_document(path.parent / str(document["extends"]), (*seen, path))
+    if not isinstance(base, dict):
+        raise LongreachError(f"{path}: extends {path.parent / str(document['extends'])}, which is not a study mapping")
+    return _laid_over(base, {key: value for key, value in document.items() if key != "extends"})
+
+
+def _laid_over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s keys over ``base``'s: mappings merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _laid_over(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def recorded_study(folder: Path) -> Study:
