@@ -129,6 +129,27 @@ def test_a_baseline_alone_gets_no_empty_ratio_table(tmp_path):
     assert "Ratio to the baseline row" not in (tmp_path / "a" / "report.md").read_text()
 
 
+def test_a_trained_models_rows_are_divided_by_the_untrained_models(tmp_path):
+    """A study's STAGE@NAME store (restored from an older report, its meta naming no model) labels its rows with the
+    model; they are divided by the untrained model's baseline row, a timing label kept on both sides."""
+    fill(tmp_path / "inside", {"none": (1.0, 1.0, 0.5)}, seconds=2.0)
+    fill(tmp_path / "inside@yarn", {"none": (1.0, 0.5, 1.0)}, seconds=4.0)
+    fill(tmp_path / "timing", {"none": (1.0, 1.0, 1.0)}, seconds=1.0)
+    fill(tmp_path / "timing@yarn", {"none": (1.0, 1.0, 1.0)}, seconds=3.0)
+    for name, label in (("inside@yarn", "yarn"), ("timing", "timing"), ("timing@yarn", "timing, yarn")):
+        with ResultsStore(tmp_path / name) as store:
+            store.set_meta(label=label)
+    runs = [tmp_path / n for n in ("inside", "inside@yarn", "timing", "timing@yarn")]
+    render_report(runs, out=tmp_path / "merged", baseline="none")
+    summary = json.loads((tmp_path / "merged" / "report.json").read_text())["summary"]
+    ratio = {(s["row"], s["context_length"]): s["ratio_to_baseline"] for s in summary}
+    assert ratio[("none (yarn)", 2048)]["score"] == 0.5 and ratio[("none (yarn)", 4096)]["score"] == 2.0
+    assert ratio[("none (yarn)", 1024)]["seconds"] == pytest.approx(2.0)
+    assert ratio[("none (timing, yarn)", 1024)]["seconds"] == pytest.approx(3.0), "over none (timing), not none"
+    table = (tmp_path / "merged" / "report.md").read_text().split("Ratio to the baseline row")[1].split("##")[0]
+    assert "| passkey | none (yarn) | 4K* | 2.000 |" in table and "| none (timing) |" not in table, "no self-ratio"
+
+
 def test_report_of_a_folder_without_results_fails_clearly(tmp_path):
     with pytest.raises(LongreachError, match="holds no results.sqlite"):
         render_report(tmp_path)

@@ -67,9 +67,14 @@ def test_a_study_trains_its_models_once_and_evaluates_them_next_to_the_base_mode
     rows = {c["row"] for c in report["cells"]}
     assert rows == {"none", "linear:factor=3", "none (abf)", "linear:factor=3 (abf)", "none (plain)"}
     assert report["training"]["plain"]["steps"] == 3 and "losses" in report["training"]["abf"]
+    ratios = {s["row"]: s["ratio_to_baseline"] for s in report["summary"]}
+    assert ratios["none"] == {m: 1.0 for m in ratios["none"]} and "peak_rss_mb" in ratios["none"]
+    for row in ("none (abf)", "linear:factor=3 (abf)", "none (plain)"):
+        assert "peak_rss_mb" in ratios[row], f"{row} is divided by the untrained model's none row"
     markdown = (out / "report.md").read_text()
     assert "Study tiny_train: trained models" in markdown and "| abf | abf:theta=40000" in markdown
     assert "| short@abf | 2 |" in markdown, "each stage and model is a row of the stage table"
+    assert "| passkey | none (abf) | 200 |" in markdown, "the ratio table holds the trained model's none row"
     stamp = (trained_dir(out, "abf") / "train.json").stat().st_mtime_ns
     again = run_study(study, out, show_progress=False)
     assert [o.summary.ran for o in again] == [0, 0, 0], "a finished study resumes to nothing"

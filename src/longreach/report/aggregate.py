@@ -47,6 +47,13 @@ class Group:
     method: str
     context_length: int
     metrics: dict[str, Estimate]
+    base_marks: str | None = None  # the row's marks without a trained model's name (None: the row's own marks)
+
+    def reference_row(self, baseline: str) -> str:
+        """The row this one is divided by: ``baseline`` with the same marks, on the untrained model for a trained
+        model's row (``none (yarn)`` is divided by ``none``)."""
+        marks = self.row[len(self.method) :] if self.base_marks is None else self.base_marks
+        return baseline + marks
 
     @property
     def score(self) -> Estimate:
@@ -76,7 +83,9 @@ def groups(rows: list[dict[str, Any]]) -> dict[Key, Group]:
             values = [float(r[metric.name]) for r in members if r.get(metric.name) is not None]
             if values:
                 metrics[metric.name] = estimate(values, metric.aggregation, metric.interval)
-        result[key] = Group(key[0], key[1], members[0]["method"], key[2], metrics)
+        first = members[0]
+        base_marks = row_label({**first, "method": "", "label": first.get("base_label", first.get("label", ""))})
+        result[key] = Group(key[0], key[1], first["method"], key[2], metrics, base_marks)
     return result
 
 
@@ -108,11 +117,11 @@ def effective_length(points: dict[Key, Group], threshold: float) -> dict[str, di
 
 def baseline_ratios(points: dict[Key, Group], baseline: str) -> dict[Key, dict[str, float]]:
     """(task, row, length) -> metric -> the row's aggregate over the baseline row's at the same task and length (the
-    baseline row is the one whose method is ``baseline`` with the same backend/mode/prompt marks)."""
+    baseline row is the one whose method is ``baseline`` with the same backend/mode/prompt marks, on the untrained
+    model for a trained model's rows: :meth:`Group.reference_row`)."""
     ratios: dict[Key, dict[str, float]] = {}
     for (task, row, length), group in points.items():
-        marks = row[len(group.method) :]
-        reference = points.get((task, baseline + marks, length))
+        reference = points.get((task, group.reference_row(baseline), length))
         if reference is None:
             continue
         ratios[(task, row, length)] = {

@@ -72,8 +72,18 @@ def read_runs(folders: list[Path]) -> Runs:
                 row["provenance_id"] = None if row["provenance_id"] is None else f"{prefix}{row['provenance_id']}"
                 row["run"] = name
                 row["label"] = meta.get("label", "")
+                row["base_label"] = _without_model(row["label"], meta.get("model") or name.partition("@")[2])
                 rows.append(row)
     return Runs(rows, provenance, thresholds[0], calibration, names, metas)
+
+
+def _without_model(label: str, model: str) -> str:
+    """A study stage's label without its trained model's name (``timing, yarn`` -> ``timing``; ``yarn`` -> ``""``);
+    the model is the store's meta ``model``, or the part of a study store's name after ``@`` (``inside@yarn``)."""
+    if not model or model == "base":
+        return label
+    parts = [part for part in label.split(", ") if part != model]
+    return ", ".join(parts)
 
 
 def render_report(
@@ -405,7 +415,7 @@ def _ratio_table(
     rows = [
         [task, row, label[length]] + [f"{ratios[(task, row, length)].get(m, float('nan')):.3f}" for m in shown]
         for (task, row, length) in sorted(ratios)
-        if points[(task, row, length)].method != baseline
+        if row != points[(task, row, length)].reference_row(baseline)
     ]
     if not rows:
         return None
@@ -413,7 +423,8 @@ def _ratio_table(
         f"Ratio to the baseline row ({baseline}) at the same task and length",
         ["task", "method", "length"] + [f"{m} / baseline" for m in shown],
         rows,
-        "each ratio divides the row's aggregate (mean score, median times, max memory) by the baseline's",
+        "each ratio divides the row's aggregate (mean score, median times, max memory) by the baseline's; a trained "
+        "model's rows are divided by the untrained model's baseline row",
     )
 
 
