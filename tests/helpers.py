@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from longreach.models.cpu import fast_bf16
 from longreach.results import METRIC, Cell, Record
 from longreach.runner import Grid, RunConfig
+
+SMOLLM2_DTYPE = "bf16" if fast_bf16() else "fp32"
+"""The dtype the real-model tests read SmolLM2 in: bf16 where this CPU runs it fast (AVX-512/AMX), fp32 on a CPU
+without a fast bf16 path, where a bf16 prefill takes 3.5x as long (benchmarks/results/cpu_dtype_speed.md). Read here,
+at import, before conftest makes every test see a fast-bf16 CPU. Checks of bf16 itself (DFloat11) stay in bf16."""
 
 _GRID = ("tasks", "lengths", "methods", "depths", "samples", "question_modes")
 _OPENAI = ("base_url", "api", "tokenizer", "concurrency", "timeout", "retries", "api_key")

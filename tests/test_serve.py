@@ -18,7 +18,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from helpers import run_config
+from helpers import SMOLLM2_DTYPE, run_config
 from longreach.engine import Engine
 from longreach.generation import Request
 from longreach.methods import parse_stack
@@ -293,12 +293,13 @@ def test_eval_through_the_server_matches_the_local_backend(tmp_path, server, tas
 
 @pytest.mark.slow
 def test_smollm2_served_answers_as_the_engine():
-    """SmolLM2-135M (Q4_1 GGUF dequantized to bf16) behind the server: a greedy chat answer equals the engine's."""
-    process, root = start_server("smollm2-135m", dtype="bf16")
+    """SmolLM2-135M (Q4_1 GGUF dequantized to bf16, or fp32 on a CPU without fast bf16) behind the server: a greedy
+    chat answer equals the engine's."""
+    process, root = start_server("smollm2-135m", dtype=SMOLLM2_DTYPE)
     try:
         client = openai.OpenAI(base_url=f"{root}/v1", api_key="none", max_retries=0)
         answer = client.completions.create(model="smollm2-135m", prompt=PROMPT, max_tokens=8, temperature=0)
-        loaded = load_model("smollm2-135m", "bf16")
+        loaded = load_model("smollm2-135m", SMOLLM2_DTYPE)
         expected = Engine(loaded).generate(Request(PROMPT, 8), parse_stack("none"))
         assert answer.choices[0].text == expected.text and answer.usage.prompt_tokens == expected.prompt_tokens
         chat = client.chat.completions.create(

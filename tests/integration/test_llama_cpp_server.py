@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SMOLLM2_DTYPE
 from longreach import tokens
 from longreach.backends.openai import OpenAIBackend, RemoteTokenizer
 from longreach.engine import Engine
@@ -86,7 +87,7 @@ def test_same_instances_score_the_same_as_the_hf_backend(llama_server, smollm2_t
 def _same_instances_score_the_same(llama_server, smollm2_tokenizer):
     remote = OpenAIBackend(llama_server, "smollm2", concurrency=2)
     assert isinstance(remote.tokenizer, RemoteTokenizer) and remote.tokenizer.kind == "llama.cpp"
-    loaded = load_model("smollm2-135m", "bf16")
+    loaded = load_model("smollm2-135m", SMOLLM2_DTYPE)
     local = Engine(loaded)
     none = parse_stack("none")
     compared = []

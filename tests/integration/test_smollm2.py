@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import run_config
+from helpers import SMOLLM2_DTYPE, run_config
 from longreach.runner import run_sweep
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
         depths=(0.0, 0.25, 0.5, 0.75),
         samples=1,
         prompt="raw",
-        dtype="bf16",
+        dtype=SMOLLM2_DTYPE,
     )
     summary = run_sweep(config, show_progress=False)
     assert summary.failed == 0
@@ -30,7 +30,7 @@ def test_passkey_is_perfect_at_1k_and_2k(tmp_path):
     assert all(c["realized_tokens"] == c["context_length"] for c in report["cells"])
     assert report["effective_length"]["none"]["passkey"] == 2048
     kv = {c["context_length"]: c["kv_cache_bytes"] for c in report["cells"]}
-    per_token = 2 * 30 * 3 * 64 * 2  # layers x kv heads x head dim x bf16, keys and values: 22.5 KiB
+    per_token = 2 * 30 * 3 * 64 * {"bf16": 2, "fp32": 4}[SMOLLM2_DTYPE]  # K and V x layers x kv heads x head dim
     assert kv[1024] >= per_token * 1024 and kv[1024] < per_token * (1024 + 12)
 
 
@@ -43,7 +43,7 @@ def test_chat_prompts_are_exact_and_the_instruct_model_still_answers(tmp_path, s
         out=tmp_path,
         depths=(0.25, 0.75),
         samples=1,
-        dtype="bf16",
+        dtype=SMOLLM2_DTYPE,
     )
     summary = run_sweep(config, show_progress=False)
     assert summary.failed == 0
@@ -52,5 +52,5 @@ def test_chat_prompts_are_exact_and_the_instruct_model_still_answers(tmp_path, s
     assert all(c["realized_tokens"] == 1024 for c in report["cells"])
     (provenance,) = report["provenance"].values()
     assert provenance["prompt_format"] == "chat"
-    assert provenance["weights"] == "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to bf16"
+    assert provenance["weights"] == f"SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to {SMOLLM2_DTYPE}"
     assert sum(c["score"] for c in report["cells"]) >= 1, "the instruct model answers at least one in its template"
