@@ -47,13 +47,12 @@ class Group:
     method: str
     context_length: int
     metrics: dict[str, Estimate]
-    base_marks: str | None = None  # the row's marks without a trained model's name (None: the row's own marks)
+    base_marks: str = ""  # the row's backend/mode/prompt/label marks without a trained model's name
 
     def reference_row(self, baseline: str) -> str:
         """The row this one is divided by: ``baseline`` with the same marks, on the untrained model for a trained
         model's row (``none (yarn)`` is divided by ``none``)."""
-        marks = self.row[len(self.method) :] if self.base_marks is None else self.base_marks
-        return baseline + marks
+        return baseline + self.base_marks
 
     @property
     def score(self) -> Estimate:
