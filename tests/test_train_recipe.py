@@ -14,10 +14,14 @@ from longreach.train.recipe import (
     IGNORE,
     RECIPES,
     Document,
+    Pieces,
     TrainBatch,
+    attention_input,
     causal_lm_loss,
     document_mask,
     group_steps,
+    hidden_states,
+    independent_pieces,
     pack,
     recipe_from_spec,
     recipe_rows,
@@ -143,6 +147,12 @@ def test_every_recipe_trains_one_step_on_tiny_llama_from_its_example(tmp_path, n
     assert load_model(str(summary.model_dir), "fp32").model is not None
 
 
+def masked_hidden_states(model, batch: TrainBatch) -> torch.Tensor:
+    """The reference: the whole row in one forward pass under its (t, t) mask."""
+    mask = attention_input(model, batch.attention_mask)
+    return model.model(batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).last_hidden_state
+
+
 def test_eager_attention_gets_an_additive_document_mask():
     from longreach.models.tiny import tiny_llama
 
@@ -151,5 +161,43 @@ def test_eager_attention_gets_an_additive_document_mask():
     a, b = Document(tuple(range(100, 120))), Document(tuple(range(200, 212)))
     (row,) = list(pack(iter([a, b]), 32, None, masked=True))
     sdpa = tiny_llama(torch.float32)
-    assert torch.allclose(causal_lm_loss(model, row), causal_lm_loss(sdpa, row), atol=1e-5)
+    assert torch.allclose(masked_hidden_states(model, row), masked_hidden_states(sdpa, row), atol=1e-5)
     assert sdpa.config._attn_implementation == "sdpa"
+
+
+def test_a_document_masked_row_runs_as_its_documents_with_the_masks_result(tiny):
+    docs = [Document(tuple(range(100, 120))), Document(tuple(range(200, 205))), Document(tuple(range(300, 340)))]
+    rows = list(pack(iter(docs), 32, None, masked=True))
+    assert independent_pieces(rows[0]) == Pieces(0, ((0, 20), (20, 25), (25, 32)))
+    assert independent_pieces(rows[1]) == Pieces(0, ((0, 32),))  # the rest of the third document
+    for row in rows:
+        assert torch.allclose(hidden_states(tiny.model, row), masked_hidden_states(tiny.model, row), atol=1e-5)
+
+
+def test_a_mask_of_another_form_is_not_read_as_pieces():
+    (row,) = list(
+        pack(iter([Document(tuple(range(100, 120))), Document(tuple(range(200, 212)))]), 32, None, masked=True)
+    )
+    row.attention_mask[0, 0, 25, 3] = True  # one query of the second document sees the first
+    assert independent_pieces(row) is None
+    row.attention_mask = None
+    assert independent_pieces(row) is None
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [list(range(32)), [*range(16), *range(116, 132)], sorted(np.random.default_rng(0).choice(256, 32, replace=False))],
+    ids=["plain", "one cut (E2-LLM)", "sampled gaps (CLEX)"],
+)
+def test_a_row_is_one_causal_sequence_whatever_its_positions(tiny, positions):
+    """transformers reads a jump in position ids as the start of another packed sequence when no mask is given;
+    a training row without a mask must stay one causal sequence: the reference is an explicit (t, t) causal mask."""
+    ids, position_ids = torch.arange(100, 132)[None], torch.tensor([positions])
+    ours = hidden_states(tiny.model, TrainBatch(ids, ids.clone(), position_ids))
+    causal = torch.ones(1, 1, 32, 32, dtype=torch.bool).tril()
+    reference = tiny.model.model(ids, position_ids=position_ids, attention_mask=causal).last_hidden_state
+    assert torch.allclose(ours, reference, atol=1e-5)
+    changed = ids.clone()
+    changed[0, 3] = 555
+    later = hidden_states(tiny.model, TrainBatch(changed, changed.clone(), position_ids))[0, 20:]
+    assert not torch.allclose(later, ours[0, 20:], atol=1e-3), "the last tokens see the fourth"

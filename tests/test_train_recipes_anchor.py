@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from longreach.models import adapter
-from longreach.train.recipe import IGNORE, Document, hidden_states, recipe_from_spec
+from longreach.train.recipe import (
+    IGNORE,
+    Document,
+    Pieces,
+    attention_input,
+    hidden_states,
+    independent_pieces,
+    recipe_from_spec,
+)
 from longreach.train.recipes.anchor import anchor_mask, float32_rope
 
 ANCHOR = 7
@@ -64,6 +72,15 @@ def test_through_the_model_a_document_depends_on_the_anchor_and_not_on_other_doc
     other = copy.deepcopy(row)
     other.input_ids[0, 0] = 555  # change the anchor
     assert not torch.allclose(hidden_states(tiny.model, other)[0, second], base, atol=1e-3)
+
+
+def test_an_anchored_row_runs_as_anchor_plus_document_with_the_masks_result(tiny):
+    first, second = rows()
+    assert independent_pieces(first) == Pieces(1, ((1, 21), (21, 32)))  # anchor | 20 tokens | 11 of the second
+    for row in (first, second):
+        mask = attention_input(tiny.model, row.attention_mask)
+        reference = tiny.model.model(row.input_ids, position_ids=row.position_ids, attention_mask=mask)
+        assert torch.allclose(hidden_states(tiny.model, row), reference.last_hidden_state, atol=1e-5)
 
 
 def test_bf16_rope_drifts_at_long_positions_and_prepare_restores_the_float32_reference(tiny):

@@ -208,16 +208,73 @@ def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Modul
     )
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """A masked row as independent causal sequences (variable-length attention, as ProLong trains).
+
+    ``shared``: tokens ``0 .. shared - 1`` that every later token sees (AnchorAttention's anchor; 0 for none);
+    ``bounds``: the contiguous ``[start, stop)`` runs that cover ``shared .. t - 1`` in order, each attending
+    causally to the shared tokens and itself only.
+    """
+
+    shared: int
+    bounds: tuple[tuple[int, int], ...]
+
+
+def independent_pieces(batch: TrainBatch) -> Pieces | None:
+    """The pieces of a one-row batch whose mask is exactly "causal within each run of ``document_ids``, plus a
+    leading run every token sees", else None (then the mask itself is used). The mask is rebuilt from the pieces
+    and compared, so a mask of any other form is never read as pieces."""
+    document_ids = batch.extras.get("document_ids")
+    if batch.attention_mask is None or document_ids is None or document_ids.shape[0] != 1:
+        return None
+    ids = document_ids[0]
+    t = ids.shape[0]
+    starts = [0] + (torch.nonzero(ids[1:] != ids[:-1]).flatten() + 1).tolist()
+    bounds = list(zip(starts, starts[1:] + [t], strict=True))
+    mask = batch.attention_mask[0, 0]  # (q, k)
+    shared = bounds[0][1] if len(bounds) > 1 and bool(mask[bounds[1][0] :, : bounds[0][1]].all()) else 0
+    runs = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([stop - start for start, stop in bounds]))
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    implied = (runs[:, None] == runs[None, :]) | (torch.arange(t) < shared)[None, :]  # (q, k)
+    if not torch.equal(implied & causal, mask.cpu()):
+        return None
+    return Pieces(shared, tuple(bound for bound in bounds if bound[0] >= shared))
+
+
+def _causal_hidden_states(lm: Any, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (b, t, h) under plain causal attention over all of ``input_ids`` (b, t), whatever
+    ``position_ids`` (b, t) hold. The all-ones padding mask is needed: without any mask and without a cache,
+    transformers reads every step of ``position_ids`` other than +1 as the start of another packed sequence and
+    masks attention across it, which would cut an E2-LLM row at its offset and a CLEX row at every sampled gap."""
+    ones = torch.ones_like(input_ids)
+    return lm.model(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=ones, use_cache=False
+    ).last_hidden_state
+
+
 def hidden_states(model: Any, batch: TrainBatch) -> torch.Tensor:
-    """The decoder's final hidden states (b, t, h) of ``batch`` at its positions, under its attention mask."""
+    """The decoder's final hidden states (b, t, h) of ``batch`` at its positions, under its attention mask.
+
+    A document-masked row (:func:`independent_pieces`) runs piece by piece under plain causal attention:
+    the same result as its (t, t) mask (tested), without the attention between pieces that the mask discards
+    (ProLong, Gao et al. 2024, trains with variable-length attention for this reason).
+    """
     lm = causal_lm(model)
-    out = lm.model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        attention_mask=attention_input(lm, batch.attention_mask),
-        use_cache=False,
-    )
-    return out.last_hidden_state
+    if batch.attention_mask is None:
+        return _causal_hidden_states(lm, batch.input_ids, batch.position_ids)
+    pieces = independent_pieces(batch)
+    if pieces is None:
+        mask = attention_input(lm, batch.attention_mask)
+        return lm.model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+    parts = []
+    for i, (start, stop) in enumerate(pieces.bounds):
+        index = torch.cat([torch.arange(pieces.shared), torch.arange(start, stop)]).to(batch.input_ids.device)
+        out = _causal_hidden_states(lm, batch.input_ids[:, index], batch.position_ids[:, index])
+        parts.append(out if i == 0 else out[:, pieces.shared :])  # out: (1, shared + stop - start, h)
+    return torch.cat(parts, dim=1)
 
 
 def causal_lm_loss(model: Any, batch: TrainBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,8 +3,9 @@
 
 Long documents (code repositories, books: 60% of tokens in stage 1) mixed with short, high-quality data (40%:
 FineWeb-Edu, Wikipedia, Tulu-v2 instructions, ...), packed into rows of the training length with document masks:
-no attention across documents (variable-length attention in the paper, a (b, 1, t, t) mask here) and positions
-restarting at 0 in every document. The loss is token-averaged; logits are computed in blocks. Stage 1 also raises
+no attention across documents (variable-length attention in the paper; here a (b, 1, t, t) mask that the forward
+pass runs as one causal pass per document, :func:`longreach.train.recipe.hidden_states`) and positions restarting
+at 0 in every document. The loss is token-averaged; logits are computed in blocks. Stage 1 also raises
 the RoPE base (Llama-3-8B: 500,000 -> 8,000,000); ``theta`` does so here when set. Short data comes from local
 sources: ``--data text:DIR+short:passkey,vt`` (short task samples at 256-1024 tokens) or ``short:DIR`` (a folder of
 short texts or prompt/response ``.jsonl`` records), see :mod:`longreach.train.data`.
