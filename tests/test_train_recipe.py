@@ -184,6 +184,14 @@ def test_a_mask_of_another_form_is_not_read_as_pieces():
     assert independent_pieces(row) is None
 
 
+def test_a_long_row_is_checked_in_every_block_of_queries():
+    docs = [Document(tuple(range(1000, 1700))), Document(tuple(range(2000, 3000)))]
+    (row,) = list(pack(iter(docs), 1500, None, masked=True))
+    assert independent_pieces(row) == Pieces(0, ((0, 700), (700, 1500)))
+    row.attention_mask[0, 0, 1400, 100] = True  # past the first 1024 queries
+    assert independent_pieces(row) is None
+
+
 @pytest.mark.parametrize(
     "positions",
     [list(range(32)), [*range(16), *range(116, 132)], sorted(np.random.default_rng(0).choice(256, 32, replace=False))],

@@ -235,11 +235,22 @@ def independent_pieces(batch: TrainBatch) -> Pieces | None:
     mask = batch.attention_mask[0, 0]  # (q, k)
     shared = bounds[0][1] if len(bounds) > 1 and bool(mask[bounds[1][0] :, : bounds[0][1]].all()) else 0
     runs = torch.repeat_interleave(torch.arange(len(bounds)), torch.tensor([stop - start for start, stop in bounds]))
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
-    implied = (runs[:, None] == runs[None, :]) | (torch.arange(t) < shared)[None, :]  # (q, k)
-    if not torch.equal(implied & causal, mask.cpu()):
+    if not _mask_of_runs(mask, runs.to(mask.device), shared):
         return None
     return Pieces(shared, tuple(bound for bound in bounds if bound[0] >= shared))
+
+
+def _mask_of_runs(mask: torch.Tensor, runs: torch.Tensor, shared: int, block: int = 1024) -> bool:
+    """Whether ``mask`` (q, k) is exactly causal attention within each run (``runs`` (t,): a run index per
+    token) plus keys ``0 .. shared - 1`` for every query; compared ``block`` queries at a time, so a 32K row
+    never builds a second (t, t) mask."""
+    keys = torch.arange(mask.shape[-1], device=mask.device)
+    for start in range(0, mask.shape[0], block):
+        queries = keys[start : start + block, None]  # (block, 1)
+        implied = ((runs[queries] == runs[None, :]) | (keys < shared)[None, :]) & (keys[None, :] <= queries)
+        if not torch.equal(implied, mask[start : start + block]):
+            return False
+    return True
 
 
 def _causal_hidden_states(lm: Any, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
