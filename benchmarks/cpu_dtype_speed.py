@@ -21,17 +21,15 @@ benchmarks/cpu_dtype_speed.py`` (about 10 minutes on an AVX2-only CPU, where bf1
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import median_ci, write_outputs
 
 from longreach.models import load_model
 from longreach.models.cpu import fast_bf16
-from longreach.report.stats import bootstrap
 from longreach.results.provenance import current
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +40,6 @@ def seconds(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
-
-
-def summary(values: list[float]) -> dict:
-    low, high = bootstrap(values)
-    return {"median": statistics.median(values), "low": low, "high": high, "values": values}
 
 
 def kernels(n: int) -> dict[str, Callable[[], object]]:
@@ -99,7 +92,7 @@ def interleaved(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, 
 
 def ratios(times: dict[str, list[float]], what: str) -> dict:
     per_rep = [b / f for b, f in zip(times[f"{what} bf16"], times[f"{what} fp32"], strict=True)]
-    return summary(per_rep)
+    return median_ci(per_rep)
 
 
 def report(result: dict) -> str:
@@ -154,12 +147,10 @@ def main() -> None:
         "fast_bf16": fast_bf16(),
         "provenance": current(),
         "labels": labels,
-        "seconds": {name: summary(values) for name, values in times.items()},
+        "seconds": {name: median_ci(values) for name, values in times.items()},
         "ratios": {what: ratios(times, what) for what in labels},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(report(result))
+    write_outputs(args.out, result, report(result))
     print(report(result))
 
 

@@ -42,12 +42,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import median_ci, write_outputs
 
 from longreach.engine import SPEEDUPS, Engine
 from longreach.generation import Request
 from longreach.methods import parse_stack
 from longreach.models import load_model, resolve
-from longreach.report.stats import bootstrap
 from longreach.results.provenance import current
 from longreach.tasks import parse_task
 
@@ -56,11 +56,6 @@ MODEL_NOTE = "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to bf16)"
 NONE = parse_stack("none")
 BEFORE = "longreach speedups=() (before issue 18)"
 COMPILED = "transformers StaticCache + torch.compile"
-
-
-def median_ci(values: list[float]) -> dict:
-    low, high = bootstrap(values)
-    return {"median": statistics.median(values), "low": low, "high": high, "n": len(values), "values": values}
 
 
 def timed(call: Callable[[], object], reps: int) -> list[float]:
@@ -358,9 +353,7 @@ def main() -> None:
     results["wall_s"] = time.perf_counter() - started
     results["load_average"] = {"start": load_before, "end": os.getloadavg()}  # (1, 5, 15 min): other processes
     results["provenance"] = provenance()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render(results))
+    write_outputs(args.out, results, render(results))
     print(render(results))
 
 

@@ -16,18 +16,16 @@ minutes at 4K in fp32 on 2 cores of an AVX2-only CPU).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import median_ci, write_outputs
 
 import longreach.train.recipe as recipe_module
 from longreach.models import load_model
-from longreach.report.stats import bootstrap
 from longreach.results.provenance import current
 from longreach.train.data import open_documents
 from longreach.train.recipe import TrainBatch, independent_pieces, recipe_from_spec
@@ -77,11 +75,6 @@ def head(batch: TrainBatch, t: int) -> TrainBatch:
     )
 
 
-def summary(values: list[float]) -> dict:
-    low, high = bootstrap(values)
-    return {"median": statistics.median(values), "low": low, "high": high, "values": values}
-
-
 def measure(model_name: str, name: str, rows: int, length: int, dtype: str) -> dict:
     recipe = recipe_from_spec(name)
     model, tokenizer = trainable(model_name, recipe, dtype, length)
@@ -122,7 +115,7 @@ def report(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["recipes"].items():
-        m, q, ratio = summary(r["mask"]), summary(r["pieces"]), summary(r["ratio"])
+        m, q, ratio = median_ci(r["mask"]), median_ci(r["pieces"]), median_ci(r["ratio"])
         lines.append(
             f"| {name} | {len(r['mask'])} | {', '.join(map(str, r['n']))} | {m['median']:.1f} [{m['low']:.1f}, "
             f"{m['high']:.1f}] | {q['median']:.1f} [{q['low']:.1f}, {q['high']:.1f}] | {ratio['median']:.2f} "
@@ -153,9 +146,7 @@ def main() -> None:
         "provenance": current(),
         "recipes": recipes,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(report(result))
+    write_outputs(args.out, result, report(result))
     print(report(result))
 
 
