@@ -34,3 +34,12 @@ def record(cell: Cell, status: str = "ok", **values: Any) -> Record:
     """A Record from flat keyword values: declared metric names go into its metrics, the rest are its fields."""
     metrics = {key: values.pop(key) for key in list(values) if key in METRIC}
     return Record(cell, status, metrics, **values)
+
+
+def masked_hidden_states(model: Any, batch: Any) -> Any:
+    """The reference for a training row: the whole row in one forward pass under its (t, t) attention mask,
+    ``batch`` a :class:`longreach.train.recipe.TrainBatch` -> hidden states (b, t, h)."""
+    from longreach.train.recipe import attention_input
+
+    mask = attention_input(model, batch.attention_mask)
+    return model.model(batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).last_hidden_state

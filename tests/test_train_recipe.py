@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import masked_hidden_states
 from longreach.errors import LongreachError
 from longreach.train.recipe import (
     IGNORE,
@@ -16,7 +17,6 @@ from longreach.train.recipe import (
     Document,
     Pieces,
     TrainBatch,
-    attention_input,
     causal_lm_loss,
     document_mask,
     group_steps,
@@ -145,12 +145,6 @@ def test_every_recipe_trains_one_step_on_tiny_llama_from_its_example(tmp_path, n
     summary = train(config)
     assert summary.steps == 1 and math.isfinite(summary.final_loss)
     assert load_model(str(summary.model_dir), "fp32").model is not None
-
-
-def masked_hidden_states(model, batch: TrainBatch) -> torch.Tensor:
-    """The reference: the whole row in one forward pass under its (t, t) mask."""
-    mask = attention_input(model, batch.attention_mask)
-    return model.model(batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).last_hidden_state
 
 
 def test_eager_attention_gets_an_additive_document_mask():
