@@ -80,22 +80,24 @@ class FakeServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     time.sleep(server.delay)
-                    if code != 200:
-                        return self._send(code, {"error": {"message": f"scripted {code}"}})
-                    prompt = served_text(body, honour_continue)
-                    found = re.findall(r"pass key is (\d+)", prompt)
-                    text = f" {found[0]}." if found else " nothing"
-                    choice = {"text": text} if "prompt" in body else {"message": {"content": text}}
-                    count = len(tiny_tokenizer()(prompt, add_special_tokens="prompt" in body)["input_ids"])
-                    usage = {"prompt_tokens": count, "completion_tokens": 3}
-                    self._send(200, {"choices": [choice], "usage": usage})
-                    with server.lock:
-                        server.answered += 1
-                        if server.answer_limit is not None and server.answered >= server.answer_limit:
-                            threading.Thread(target=server.stop, daemon=True).start()
                 finally:
+                    # Out of flight before answering: once the answer is sent the client may send its next
+                    # request, which must not find this one still counted.
                     with server.lock:
                         server.in_flight -= 1
+                if code != 200:
+                    return self._send(code, {"error": {"message": f"scripted {code}"}})
+                prompt = served_text(body, honour_continue)
+                found = re.findall(r"pass key is (\d+)", prompt)
+                text = f" {found[0]}." if found else " nothing"
+                choice = {"text": text} if "prompt" in body else {"message": {"content": text}}
+                count = len(tiny_tokenizer()(prompt, add_special_tokens="prompt" in body)["input_ids"])
+                usage = {"prompt_tokens": count, "completion_tokens": 3}
+                self._send(200, {"choices": [choice], "usage": usage})
+                with server.lock:
+                    server.answered += 1
+                    if server.answer_limit is not None and server.answered >= server.answer_limit:
+                        threading.Thread(target=server.stop, daemon=True).start()
 
             def _send(self, code, payload):
                 data = json.dumps(payload).encode()
