@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from longreach.train.recipe import Document, recipe_from_spec
-from longreach.train.recipes.longpo import SHORT, answer_logps, dpo_loss, longpo_loss, pair_inputs
+from longreach.train.recipes.longpo import (
+    SHORT,
+    answer_logps,
+    dpo_loss,
+    longpo_loss,
+    pair_inputs,
+    shared_context_row,
+)
 
 SPEC = "longpo:chunk=64:cue=8:answer=4"
 
@@ -52,12 +59,16 @@ def test_chosen_comes_from_the_short_context_and_rejected_from_the_long_one(tiny
 
 
 def test_the_loss_is_dpo_on_fixed_logits_by_hand():
-    """Two answer tokens over a 3-token vocabulary, fixed logits: sequence log-probs and the loss by hand."""
-    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [9.0, 9.0, 9.0]]])  # (1, a + 1, v); last unused
+    """Two answers of two tokens over a 3-token vocabulary, fixed logits: sequence log-probs and the loss by hand."""
+    # the packed row keeps b a + 1 logits: the context's last position, then each answer's tokens
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [9.0, 9.0, 9.0], [0.0, 1.0, 0.0], [9.0, 9.0, 9.0]]])
 
-    class Stub:  # a causal LM whose logits over the answer positions are fixed
-        def __call__(self, input_ids, **kwargs):
-            return types.SimpleNamespace(logits=logits.expand(input_ids.shape[0], -1, -1))
+    class Stub(torch.nn.Module):  # a causal LM on sdpa whose kept logits are fixed
+        config = types.SimpleNamespace(_attn_implementation="sdpa")
+
+        def __call__(self, input_ids, logits_to_keep, **kwargs):
+            assert input_ids.shape == (1, 2 + 4) and logits_to_keep == 5
+            return types.SimpleNamespace(logits=logits)
 
     model = Stub()
     logps = answer_logps(model, torch.tensor([[5, 6]]), torch.tensor([[0, 1], [1, 2]]))
@@ -73,6 +84,42 @@ def test_the_loss_is_dpo_on_fixed_logits_by_hand():
     assert float(ours) == pytest.approx(by_hand, rel=1e-6)
     same = dpo_loss(torch.tensor([-2.0]), torch.tensor([-2.0]), torch.tensor([-3.0]), torch.tensor([-3.0]), 0.01)
     assert float(same) == pytest.approx(math.log(2)), "identical chosen and rejected: log 2"
+
+
+def separate_rows_logps(model, context, answers):
+    """The oracle: each answer in its own row [context; answer], log-probs summed (b,)."""
+    ids = torch.cat([context.expand(answers.shape[0], -1), answers], dim=1)
+    logits = model(input_ids=ids, use_cache=False).logits[:, context.shape[1] - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, answers[..., None])[..., 0].sum(-1)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_one_shared_context_row_scores_each_answer_as_its_own_row_does(tiny, implementation):
+    model = copy.deepcopy(tiny.model).float().train()
+    model.set_attn_implementation(implementation)
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randint(5, 1000, (1, 48), generator=generator)
+    answers = torch.randint(5, 1000, (3, 5), generator=generator)
+    packed = answer_logps(model, context, answers)
+    oracle = separate_rows_logps(model, context, answers)
+    assert torch.allclose(packed, oracle, atol=1e-4), (packed, oracle)
+    weights = torch.tensor([1.0, -2.0, 0.5])
+    packed_grads = torch.autograd.grad((packed * weights).sum(), list(model.parameters()), allow_unused=True)
+    oracle_grads = torch.autograd.grad((oracle * weights).sum(), list(model.parameters()), allow_unused=True)
+    for ours, theirs in zip(packed_grads, oracle_grads, strict=True):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-3)
+
+
+def test_the_shared_context_row_hides_every_answer_from_the_others():
+    positions, mask = shared_context_row(3, 2, 2)
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 3, 4]]
+    rows = mask[0, 0].int().tolist()
+    assert rows[2] == [1, 1, 1, 0, 0, 0, 0]
+    assert rows[4] == [1, 1, 1, 1, 1, 0, 0], "the first answer's second token: context and its own first token"
+    assert rows[5] == [1, 1, 1, 0, 0, 1, 0], "the second answer starts after the context, not after the first"
+    assert rows[6] == [1, 1, 1, 0, 0, 1, 1]
 
 
 def test_a_step_without_lora_uses_the_frozen_copy_and_moves_the_policy(tiny):
