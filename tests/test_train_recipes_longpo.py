@@ -12,14 +12,8 @@ import pytest
 import torch
 
 from longreach.train.recipe import Document, recipe_from_spec
-from longreach.train.recipes.longpo import (
-    SHORT,
-    answer_logps,
-    dpo_loss,
-    longpo_loss,
-    pair_inputs,
-    shared_context_row,
-)
+from longreach.train.recipes.longpo import SHORT, dpo_loss, longpo_loss, pair_inputs
+from longreach.train.shared_context import answer_logps, shared_context_row
 
 SPEC = "longpo:chunk=64:cue=8:answer=4"
 
@@ -66,6 +60,9 @@ def test_the_loss_is_dpo_on_fixed_logits_by_hand():
     class Stub(torch.nn.Module):  # a causal LM on sdpa whose kept logits are fixed
         config = types.SimpleNamespace(_attn_implementation="sdpa")
 
+        def set_attn_implementation(self, name):
+            pass
+
         def __call__(self, input_ids, logits_to_keep, **kwargs):
             assert input_ids.shape == (1, 2 + 4) and logits_to_keep == 5
             return types.SimpleNamespace(logits=logits)
@@ -94,13 +91,30 @@ def separate_rows_logps(model, context, answers):
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_one_shared_context_row_scores_each_answer_as_its_own_row_does(tiny, implementation):
+def test_one_shared_context_row_scores_each_answer_as_its_own_row_does(tiny, implementation, monkeypatch):
     model = copy.deepcopy(tiny.model).float().train()
     model.set_attn_implementation(implementation)
     generator = torch.Generator().manual_seed(0)
     context = torch.randint(5, 1000, (1, 48), generator=generator)
     answers = torch.randint(5, 1000, (3, 5), generator=generator)
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls = []
+    original = sdpa.sdpa_attention_forward
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.shape[2])
+        return original(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
     packed = answer_logps(model, context, answers)
+    layers = model.config.num_hidden_layers
+    if implementation == "sdpa":  # split: [context; answer 1] causal, then each other answer's 5 queries
+        assert calls == [48 + 5, 5, 5] * layers
+    else:
+        assert calls == []
+    assert model.config._attn_implementation == implementation, "the implementation is restored"
+    monkeypatch.undo()
     oracle = separate_rows_logps(model, context, answers)
     assert torch.allclose(packed, oracle, atol=1e-4), (packed, oracle)
     weights = torch.tensor([1.0, -2.0, 0.5])

@@ -14,7 +14,7 @@ The reference conditions on the short context x_S while the policy reads x_L: th
 KL constraint (beta KL[pi(. | x_L) || pi_S(. | x_S)]), which keeps the long-context policy close to what the
 model does on short inputs. beta and lambda default to the released settings (0.01 each). Sequence log-probs
 sum over the answer tokens (trl's ``selective_log_softmax`` gathers them), both answers of a pair scored in one row
-after a single copy of their context; the DPO term is trl's ``sigmoid``
+after a single copy of x_L (:mod:`longreach.train.shared_context`); the DPO term is trl's ``sigmoid``
 loss with these log-ratios.
 
 Departure from the paper, and why: its instructions are self-generated questions (Self-Instruct) in a chat
@@ -38,15 +38,8 @@ import torch.nn.functional as F
 from longreach.errors import LongreachError
 from longreach.models import adapter
 from longreach.params import require
-from longreach.train.recipe import (
-    IGNORE,
-    Document,
-    Recipe,
-    TrainBatch,
-    attention_input,
-    causal_lm,
-    register_recipe,
-)
+from longreach.train.recipe import IGNORE, Document, Recipe, TrainBatch, causal_lm, register_recipe
+from longreach.train.shared_context import answer_logps
 
 SHORT = "longpo_short"  # extras key: x_S (1, S)
 
@@ -70,46 +63,6 @@ def longpo_loss(
     """The DPO term on the short-to-long log-ratios plus lambda times the chosen answer's per-token NLL given x_L;
     policy log-probs are given x_L, reference ones given x_S (b,) -> ()."""
     return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta) + lam * (-chosen / answer).mean()
-
-
-def shared_context_row(c: int, b: int, a: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (1, c + b a) and bool mask (1, 1, c + b a, c + b a) of one row ``[context; answer_1; ..; answer_b]``
-    in which every answer reads the whole context and its own earlier tokens, at positions ``c .. c + a - 1``, and
-    never another answer: the row scores each answer as ``[context; answer_i]`` would, with the context run once."""
-    n = c + b * a
-    run = torch.cat([torch.zeros(c, dtype=torch.long), torch.arange(1, b + 1).repeat_interleave(a)])  # (n,) 0: context
-    positions = torch.cat([torch.arange(c), torch.arange(c, c + a).repeat(b)])
-    keys = torch.arange(n)
-    mask = (keys[None, :] <= keys[:, None]) & ((run[None, :] == 0) | (run[None, :] == run[:, None]))  # (q, k)
-    return positions[None], mask[None, None]
-
-
-def answer_logps(model: Any, context: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """Summed log-probs (b,) of ``answers`` (b, a) after ``context`` (1, c), in one row of c + b a tokens
-    (:func:`shared_context_row`): the context's activations exist once, not once per answer, which halves the
-    memory and compute of a chosen/rejected pair after a long x_L. (Two (1, c + a) rows, the earlier form, were
-    killed for memory at 23.3 GiB RSS on a machine of 23.5 GiB: SmolLM2 in fp32 at 4K, LoRA, no activation
-    checkpointing.)"""
-    from trl.trainer.utils import selective_log_softmax
-
-    b, a, c = answers.shape[0], answers.shape[1], context.shape[1]
-    positions, mask = shared_context_row(c, b, a)
-    lm = causal_lm(model)
-    ids = torch.cat([context, answers.reshape(1, b * a)], dim=1)  # (1, c + b a)
-    logits = (
-        lm(
-            input_ids=ids,
-            position_ids=positions.to(ids.device),
-            attention_mask=attention_input(lm, mask.to(ids.device)),
-            use_cache=False,
-            logits_to_keep=b * a + 1,
-        )
-        .logits[0]
-        .float()
-    )  # (b a + 1, v): the context's last position, then every answer token
-    first = logits[:1].expand(b, -1)[:, None]  # (b, 1, v): what the context predicts first, for every answer
-    rest = logits[1:].reshape(b, a, -1)[:, :-1]  # (b, a - 1, v): answer token j predicts token j + 1
-    return selective_log_softmax(torch.cat([first, rest], dim=1), answers).sum(-1)
 
 
 @torch.no_grad()
