@@ -164,3 +164,12 @@ def test_one_step_through_the_training_loop_with_lora_as_the_reference(tmp_path)
     summary = train(config)
     assert summary.steps == 1 and np.isfinite(summary.final_loss)
     assert (summary.model_dir / "model.safetensors").is_file()
+
+
+def test_a_step_holds_batch_tokens_over_length_pairs():
+    recipe = recipe_from_spec(SPEC)
+    steps = recipe.steps(iter(documents(7)), 256, 512, np.random.default_rng(0))
+    sizes = [len(next(steps)) for _ in range(3)]
+    assert sizes == [2, 2, 2], "two pairs of about 256 tokens in a 512-token step, not three of 252"
+    single = recipe.steps(iter(documents(2)), 256, 100, np.random.default_rng(0))
+    assert len(next(single)) == 1
