@@ -9,8 +9,8 @@ row ``[context; answer_i]`` would, with the context's activations computed (and 
 b times. On ``sdpa`` the row runs as b + 1 attention calls and no (n, n) mask: ``[context; answer_1]`` causal (the
 fast kernel that skips the masked half), then each further answer's a queries over the context's keys and its own
 (an (a, c + a) mask). The single-mask form, kept for other attention implementations, makes the CPU kernel visit
-every block of the (n, n) square: on SmolLM2 at 4K in fp32 with LoRA, its forward and backward took 1.22x [1.13,
-1.30] the split form's, which took about what one answer's causal row takes (``benchmarks/results/longpo_pair.md``).
+every block of the (n, n) square: on SmolLM2 at 4K in fp32 with LoRA, its forward and backward took 1.47x [1.38,
+1.76] the split form's, which took about what one answer's causal row takes (``benchmarks/results/longpo_pair.md``).
 """
 
 from __future__ import annotations
