@@ -15,12 +15,11 @@ every block of the (n, n) square: on SmolLM2 at 4K in fp32 with LoRA, its forwar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from longreach.models.adapter.sdpa import sdpa_variant
 from longreach.train.recipe import attention_input, causal_lm
 
 NAME = "longreach_shared_context"
@@ -67,29 +66,10 @@ def shared_context_sdpa(
     return torch.cat(parts, dim=1), None
 
 
-def _register() -> None:
-    """Make ``NAME`` known to transformers (attention function, and ``sdpa``'s mask). Idempotent."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, shared_context_sdpa)
-        AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
-@contextmanager
-def split_attention(lm: Any) -> Iterator[bool]:
+def split_attention(lm: Any) -> Any:
     """Run ``lm``'s ``sdpa`` attention as :func:`shared_context_sdpa` for the block (restored after); yields
     whether it applied (other implementations keep theirs and take the row's mask)."""
-    if lm.config._attn_implementation != "sdpa":
-        yield False
-        return
-    _register()
-    lm.set_attn_implementation(NAME)
-    try:
-        yield True
-    finally:
-        lm.set_attn_implementation("sdpa")
+    return sdpa_variant(lm, NAME, shared_context_sdpa)
 
 
 def answer_logps(model: Any, context: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:

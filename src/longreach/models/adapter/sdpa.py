@@ -50,27 +50,36 @@ def packed_sdpa(
     return output.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    """Make ``NAME`` known to transformers (attention function and, as for ``sdpa``, its mask). Idempotent."""
+def _register(name: str, function: Any) -> None:
+    """Make ``name`` known to transformers (attention ``function`` and, as for ``sdpa``, its mask). Idempotent."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, packed_sdpa)
-        AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@contextmanager
+def sdpa_variant(model: Any, name: str, function: Any) -> Iterator[bool]:
+    """Run ``model``'s ``sdpa`` attention as ``function`` (transformers' attention signature, registered as
+    ``name``) for the block, restored after; yields whether it applied (other implementations are left as they
+    are)."""
+    config = model.config
+    if config._attn_implementation != "sdpa":
+        yield False
+        return
+    _register(name, function)
+    model.set_attn_implementation(name)
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 @contextmanager
 def packed_decode_attention(model: Any) -> Iterator[bool]:
     """Run ``model``'s ``sdpa`` attention as :func:`packed_sdpa` for the block (restored after); yields whether it
     applied (models on another attention implementation, e.g. ``eager``, are left as they are)."""
-    config = model.config
-    if config._attn_implementation != "sdpa":
-        yield False
-        return
-    _register()
-    model.set_attn_implementation(NAME)
-    try:
-        yield True
-    finally:
-        model.set_attn_implementation("sdpa")
+    with sdpa_variant(model, NAME, packed_sdpa) as applied:
+        yield applied
