@@ -18,7 +18,7 @@ Most recipes override one or two of these: a RoPE recipe only ``prepare``; a dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -164,13 +164,16 @@ def pack(
                 ids, labels, positions, segments = [], [], [], []
 
 
-def group_steps(batches: Iterable[TrainBatch], batch_tokens: int) -> Iterator[list[TrainBatch]]:
-    """Optimizer steps: consecutive batches until they hold at least ``batch_tokens`` tokens (gradient
-    accumulation); a last incomplete step of a finite stream is kept."""
+def group_steps(
+    batches: Iterable[TrainBatch], budget: int, size: Callable[[TrainBatch], int] = lambda batch: batch.tokens
+) -> Iterator[list[TrainBatch]]:
+    """Optimizer steps: consecutive batches until their ``size`` sums to at least ``budget`` (gradient
+    accumulation); ``size`` is a batch's token count unless a recipe counts otherwise (LongPO counts pairs). A
+    last incomplete step of a finite stream is kept."""
     step: list[TrainBatch] = []
     for batch in batches:
         step.append(batch)
-        if sum(b.tokens for b in step) >= batch_tokens:
+        if sum(size(b) for b in step) >= budget:
             yield step
             step = []
     if step:

@@ -15,6 +15,7 @@ every block of the (n, n) square: on SmolLM2 at 4K in fp32 with LoRA, its forwar
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -66,7 +67,7 @@ def shared_context_sdpa(
     return torch.cat(parts, dim=1), None
 
 
-def split_attention(lm: Any) -> Any:
+def split_attention(lm: Any) -> AbstractContextManager[bool]:
     """Run ``lm``'s ``sdpa`` attention as :func:`shared_context_sdpa` for the block (restored after); yields
     whether it applied (other implementations keep theirs and take the row's mask)."""
     return sdpa_variant(lm, NAME, shared_context_sdpa)

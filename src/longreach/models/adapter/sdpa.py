@@ -16,7 +16,7 @@ Everything else (prefill, masked or batched steps) is transformers' own ``sdpa``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -77,9 +77,7 @@ def sdpa_variant(model: Any, name: str, function: Any) -> Iterator[bool]:
         model.set_attn_implementation("sdpa")
 
 
-@contextmanager
-def packed_decode_attention(model: Any) -> Iterator[bool]:
+def packed_decode_attention(model: Any) -> AbstractContextManager[bool]:
     """Run ``model``'s ``sdpa`` attention as :func:`packed_sdpa` for the block (restored after); yields whether it
     applied (models on another attention implementation, e.g. ``eager``, are left as they are)."""
-    with sdpa_variant(model, NAME, packed_sdpa) as applied:
-        yield applied
+    return sdpa_variant(model, NAME, packed_sdpa)

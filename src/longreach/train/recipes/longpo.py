@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from longreach.errors import LongreachError
 from longreach.models import adapter
 from longreach.params import require
-from longreach.train.recipe import IGNORE, Document, Recipe, TrainBatch, causal_lm, register_recipe
+from longreach.train.recipe import IGNORE, Document, Recipe, TrainBatch, causal_lm, group_steps, register_recipe
 from longreach.train.shared_context import answer_logps
 
 SHORT = "longpo_short"  # extras key: x_S (1, S)
@@ -140,14 +140,7 @@ class LongPO(Recipe):
         """Steps of ``batch_tokens // length`` pairs (at least one): a pair's policy row, x_L and its answers, is
         about one training length, so a step trains as many long rows as another recipe's. (Counting x_L's
         ``length - answer`` tokens instead put three pairs in an 8K step at 4K, 1.5x the other recipes' rows.)"""
-        pairs, step = max(1, batch_tokens // length), []
-        for batch in self.batches(documents, length, rng):
-            step.append(batch)
-            if len(step) == pairs:
-                yield step
-                step = []
-        if step:
-            yield step
+        return group_steps(self.batches(documents, length, rng), max(1, batch_tokens // length), size=lambda _: 1)
 
     def prepare(self, model: Any, length: int) -> None:
         """Keep a frozen copy of the model as pi_S (dropped at the first step when LoRA supplies pi_S instead)."""
