@@ -177,6 +177,79 @@ def test_packed_decode_attention_is_restored_and_skips_other_implementations(tin
         tiny.model.set_attn_implementation("sdpa")
 
 
+@pytest.mark.parametrize("window", [None, 7])
+def test_row_chunked_sdpa_matches_transformers_sdpa_on_a_continued_read(window, monkeypatch):
+    """t rows over p cached + t new keys, under the causal (or a sliding-window) mask transformers builds: the
+    chunked rows give sdpa's output, and each chunk hands the kernel only the keys its rows may see."""
+    from transformers.integrations import sdpa_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from longreach.models.adapter import sdpa
+
+    monkeypatch.setattr(sdpa, "ROWS", 4)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3
+    generator = torch.Generator().manual_seed(0)
+    cached, rows = 9, 11
+    keys = cached + rows
+    query = torch.randn(1, 6, rows, 16, generator=generator)
+    key, value = (torch.randn(1, 2, keys, 16, generator=generator) for _ in range(2))
+    row, column = torch.arange(rows)[:, None] + cached, torch.arange(keys)[None, :]
+    mask = column <= row
+    if window is not None:
+        mask &= column > row - window
+    mask = mask[None, None]  # (1, 1, t, n)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    seen_keys = []
+    original = sdpa_attention.sdpa_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        seen_keys.append(key.shape[2])
+        return original(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
+    got, _ = sdpa.row_chunked_sdpa(module, query, key, value, mask, scaling=0.25)
+    assert got.shape == expected.shape == (1, rows, 6, 16)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert seen_keys == [cached + 4, cached + 8, keys], "each chunk over the keys up to its last row's"
+    seen_keys.clear()
+    assert torch.equal(sdpa.row_chunked_sdpa(module, query, key, value, None, scaling=0.25)[0],
+                       sdpa_attention_forward(module, query, key, value, None, scaling=0.25)[0])  # fmt: skip
+    assert seen_keys == [keys], "no mask: one call, as sdpa"
+
+
+def test_row_chunks_give_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(tiny, monkeypatch):
+    from longreach.models.adapter import sdpa
+
+    monkeypatch.setattr(sdpa, "ROWS", 32)
+    rows_per_call = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        rows_per_call.append(query.shape[2])
+        return original(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    request = Request("word " * 300 + "The pass key is 12345. What is the pass key?", 8)
+    stack = parse_stack("none")
+    texts, logits, widest = [], [], []
+    for speedups in (SPEEDUPS, tuple(s for s in SPEEDUPS if s != "row_chunks")):
+        engine = Engine(tiny, reuse_prefix=True, speedups=speedups)
+        engine.generate(Request("word " * 200, 2), stack)  # kept: the first 200 words
+        rows_per_call.clear()
+        with torch.inference_mode(), stack.applied(tiny):
+            read = engine.read_prompt(engine.encode(request.prompt), request, stack)
+        assert read.reused > 150
+        logits.append(read.logits)
+        widest.append(max(rows_per_call))
+        engine.generate(Request("word " * 200, 2), stack)
+        texts.append(engine.generate(request, stack).text)
+    assert widest[0] == 32 and widest[1] > 100, "chunks of ROWS rows with row_chunks, one call without"
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
+    assert texts[0] == texts[1]
+    assert tiny.model.config._attn_implementation == "sdpa", "restored"
+
+
 @pytest.mark.parametrize("which", ["tiny", "smollm2"])
 def test_streamed_answer_text_stops_where_full_decoding_does(which, tiny, smollm2_tokenizer):
     """The DecodeStream text finds every stop exactly where re-decoding the whole answer each step would, and

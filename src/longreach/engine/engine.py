@@ -23,8 +23,11 @@ heads of each KV group packed (:mod:`longreach.models.adapter.sdpa`: about 7x fa
 for the whole answer up front, so a step writes its keys in place instead of copying the cache
 (:func:`~longreach.models.adapter.preallocated`; caches a cache method made are left as they are); and the answer's
 text grows with tokenizers' ``DecodeStream`` (:mod:`.text`) instead of being re-decoded every step. The one host
-read a step is the next id (the end-of-sequence and stop checks need it). Each of the four is named in
-:data:`SPEEDUPS`; ``Engine(speedups=())`` decodes as before issue 18 (for before/after measurements).
+read a step is the next id (the end-of-sequence and stop checks need it). A prompt read on top of a cache (a kept
+prefix, a question after its compressed context, a reader's last step) runs its masked attention in chunks of
+query rows (:func:`~longreach.models.adapter.sdpa.row_chunked_sdpa`), so the CPU kernel skips most of the blocks
+the causal mask hides instead of computing them all. Each of the five is named in :data:`SPEEDUPS`;
+``Engine(speedups=())`` reads and decodes as before issue 18 (for before/after measurements).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class PromptRead:
     compressed_bytes: int
 
 
-SPEEDUPS = ("packed_attention", "packed_linears", "preallocated_cache", "decode_stream")
+SPEEDUPS = ("packed_attention", "packed_linears", "preallocated_cache", "decode_stream", "row_chunks")
 
 
 class Engine:
@@ -68,9 +71,9 @@ class Engine:
 
     ``reuse_prefix``: keep the last uncompressed read (see :class:`PrefixCache`). The prefill time then covers
     only the recomputed part, so leave it off when measuring time; ``reused_tokens`` records what was skipped.
-    ``speedups``: which of :data:`SPEEDUPS` decoding uses (all by default; ``()`` decodes as the engine did before
-    issue 18: transformers' attention and linear layers, a cache grown by concatenation, the answer re-decoded every
-    step). Every choice gives the same tokens.
+    ``speedups``: which of :data:`SPEEDUPS` the engine uses (all by default; ``()`` reads and decodes as the engine
+    did before issue 18: transformers' attention and linear layers, a cache grown by concatenation, the answer
+    re-decoded every step). Every choice gives the same tokens.
     """
 
     def __init__(self, loaded: LoadedModel, reuse_prefix: bool = False, speedups: Iterable[str] = SPEEDUPS) -> None:
@@ -141,14 +144,22 @@ class Engine:
             cap = len(first) - 1 if split is None else len(first)
             reused, cache = self.prefixes.continue_from(base.repr, first, stack.reads_length, cap)
             if reused < len(first):
-                logits, cache = adapter.forward(self.loaded.model, torch.tensor([first[reused:]]), cache, reused)
+                logits, cache = self._continue(torch.tensor([first[reused:]]), cache, reused)
         else:
             question = question_start(self.tokenizer, request, prompt_ids) if request.mode == "aware" else None
             reused, cache = self._compressed_read(first, base.repr, method, question)
         compressed_bytes = adapter.cache_bytes(cache)
         if split is not None:
-            logits, cache = adapter.forward(self.loaded.model, torch.tensor([prompt_ids[split:]]), cache, split)
+            logits, cache = self._continue(torch.tensor([prompt_ids[split:]]), cache, split)
         return PromptRead(logits, cache, reused, compressed_bytes)
+
+    def _continue(self, ids: torch.Tensor, cache: Any, start: int) -> tuple[torch.Tensor, Any]:
+        """:func:`adapter.forward` of ``ids`` (1, t) at ``start`` on top of ``cache``; with the ``row_chunks``
+        speedup, a masked attention (any read on top of a cache) runs in row chunks
+        (:func:`~longreach.models.adapter.sdpa.row_chunked_sdpa`), skipping most of the blocks the mask hides."""
+        model = self.loaded.model
+        with adapter.row_chunked_attention(model) if "row_chunks" in self.speedups else contextlib.nullcontext():
+            return adapter.forward(model, ids, cache, start)
 
     def _compressed_read(
         self, first: list[int], base: str, method: Method, question: int | None = None
@@ -183,7 +194,7 @@ class Engine:
         ids = torch.tensor([prompt_ids])
         with torch.inference_mode(), stack.applied(self.loaded):
             start = time.perf_counter()
-            logits, cache = adapter.forward(self.loaded.model, ids[:, reused:], cache, start=reused)
+            logits, cache = self._continue(ids[:, reused:], cache, reused)
             return self._decode(len(prompt_ids), request, logits, cache, start, reused)
 
     def _decode(

@@ -62,7 +62,7 @@ from longreach.models.adapter.rope import (
     set_rope_parameters,
     with_rope_parameters,
 )
-from longreach.models.adapter.sdpa import packed_decode_attention
+from longreach.models.adapter.sdpa import packed_decode_attention, row_chunked_attention
 
 __all__ = [
     "AttentionCall",
@@ -106,6 +106,7 @@ __all__ = [
     "rope_parameters",
     "rotary_module",
     "rotate_half",
+    "row_chunked_attention",
     "set_rope_parameters",
     "select_rows",
     "set_layer",

@@ -10,7 +10,17 @@ Measured on the project's 2-core AVX-512 CPU, one layer of SmolLM2 (9 query / 3 
 2.3 ms with ``enable_gqa``, 0.27 ms packed (30 layers: ~60 ms of every decode step). Both compute the same
 per-head reductions over the same keys; the kernel blocks the rows differently, so fp32 outputs may differ in the
 last bit (bf16 outputs were equal in the tests). transformers packs this way itself only when a mask is present.
-Everything else (prefill, masked or batched steps) is transformers' own ``sdpa``.
+
+A read continued on top of a cache (prefix reuse, a question read after its context, a reader's last step) has t
+query rows over n = p + t keys, p of them cached. transformers then hands ``sdpa`` a (b, 1, t, n) bool mask, and
+the CPU kernel, given any mask, computes every (query, key) block, the masked upper triangle included, after
+turning the mask into a (b, 1, t, n) float tensor (4 bytes an entry: 3.8 GB for 29K rows over 33K keys). A read
+from scratch has no mask and takes the causal kernel, which skips the masked half. :func:`row_chunked_sdpa` runs
+such a read in chunks of :data:`ROWS` query rows, each over the keys up to the last one its rows may see: the
+kernel then visits the causal half plus a ROWS-wide diagonal band, and each chunk's float mask is ROWS x n.
+Each query row reduces over the same keys as before (keys a row may not see weigh zero either way).
+
+Everything else (a read from scratch, masked or batched decode steps) is transformers' own ``sdpa``.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from typing import Any
 import torch
 
 NAME = "longreach_sdpa"
+ROWS_NAME = "longreach_rows"
+ROWS = 1024  # query rows per kernel call in row_chunked_sdpa
 
 
 def packed_sdpa(
@@ -81,3 +93,42 @@ def packed_decode_attention(model: Any) -> AbstractContextManager[bool]:
     """Run ``model``'s ``sdpa`` attention as :func:`packed_sdpa` for the block (restored after); yields whether it
     applied (models on another attention implementation, e.g. ``eager``, are left as they are)."""
     return sdpa_variant(model, NAME, packed_sdpa)
+
+
+def row_chunked_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: query (b, h, t, d), key/value (b, k, n, d), bool mask
+    (b, 1 or h, t, n); returns (b, t, h, d). More than :data:`ROWS` rows under a bool mask run ROWS rows at a
+    time, each chunk over keys ``[0, e)``, e one past the last key any of its rows sees; the rest is ``sdpa``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def attend(rows: slice, keys: int, mask: torch.Tensor | None) -> torch.Tensor:
+        return sdpa_attention_forward(
+            module, query[:, :, rows], key[:, :, :keys], value[:, :, :keys], mask, dropout=dropout, scaling=scaling,
+            **kwargs,
+        )[0]  # fmt: skip
+
+    rows = query.shape[2]
+    if attention_mask is None or attention_mask.dtype != torch.bool or rows <= ROWS or dropout != 0.0:
+        return attend(slice(None), key.shape[2], attention_mask), None
+    parts = []
+    for start in range(0, rows, ROWS):
+        mask = attention_mask[:, :, start : start + ROWS]
+        seen = mask.any(dim=2).flatten(0, 1).any(dim=0).nonzero()  # keys some row of the chunk sees
+        end = int(seen[-1]) + 1 if len(seen) else key.shape[2]
+        parts.append(attend(slice(start, start + ROWS), end, mask[..., :end]))
+    return torch.cat(parts, dim=1), None
+
+
+def row_chunked_attention(model: Any) -> AbstractContextManager[bool]:
+    """Run ``model``'s ``sdpa`` attention as :func:`row_chunked_sdpa` for the block (restored after); yields whether
+    it applied (models on another attention implementation are left as they are)."""
+    return sdpa_variant(model, ROWS_NAME, row_chunked_sdpa)
