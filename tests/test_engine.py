@@ -177,9 +177,37 @@ def test_packed_decode_attention_is_restored_and_skips_other_implementations(tin
         tiny.model.set_attn_implementation("sdpa")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_split_causal_matches_sdpa_under_the_continuation_mask(dtype, groups):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from longreach.models.adapter.sdpa import continued_sdpa, is_causal_continuation, split_causal
+
+    module = torch.nn.Module()
+    module.num_key_value_groups = groups
+    generator = torch.Generator().manual_seed(0)
+    cached, rows = 40, 23
+    query = torch.randn(1, 2 * groups, rows, 16, generator=generator).to(dtype)
+    key, value = (torch.randn(1, 2, cached + rows, 16, generator=generator).to(dtype) for _ in range(2))
+    mask = (torch.arange(cached + rows)[None, :] <= torch.arange(rows)[:, None] + cached)[None, None]
+    assert is_causal_continuation(mask)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    got = split_causal(query, key, value, 0.25)
+    assert got.shape == expected.shape == (1, rows, 2 * groups, 16) and got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+    assert torch.equal(continued_sdpa(module, query, key, value, mask, scaling=0.25)[0], got)
+    windowed = mask & (torch.arange(cached + rows)[None, :] > torch.arange(rows)[:, None] + cached - 7)[None, None]
+    assert not is_causal_continuation(windowed), "a sliding window is not split"
+    padded = mask.clone()
+    padded[..., 0] = False
+    assert not is_causal_continuation(padded), "nor a padded row"
+
+
 @pytest.mark.parametrize("window", [None, 7])
-def test_row_chunked_sdpa_matches_transformers_sdpa_on_a_continued_read(window, monkeypatch):
-    """t rows over p cached + t new keys, under the causal (or a sliding-window) mask transformers builds: the
+def test_continued_sdpa_chunks_rows_under_another_mask(window, monkeypatch):
+    """t rows over p cached + t new keys under a sliding-window mask (or, on another device, the causal one): the
     chunked rows give sdpa's output, and each chunk hands the kernel only the keys its rows may see."""
     from transformers.integrations import sdpa_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -187,6 +215,8 @@ def test_row_chunked_sdpa_matches_transformers_sdpa_on_a_continued_read(window, 
     from longreach.models.adapter import sdpa
 
     monkeypatch.setattr(sdpa, "ROWS", 4)
+    if window is None:  # the causal mask is chunked off the CPU: pretend the split form does not apply
+        monkeypatch.setattr(sdpa, "is_causal_continuation", lambda mask: False)
     module = torch.nn.Module()
     module.num_key_value_groups = 3
     generator = torch.Generator().manual_seed(0)
@@ -208,20 +238,17 @@ def test_row_chunked_sdpa_matches_transformers_sdpa_on_a_continued_read(window, 
         return original(module, query, key, *args, **kwargs)
 
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
-    got, _ = sdpa.row_chunked_sdpa(module, query, key, value, mask, scaling=0.25)
+    got, _ = sdpa.continued_sdpa(module, query, key, value, mask, scaling=0.25)
     assert got.shape == expected.shape == (1, rows, 6, 16)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert seen_keys == [cached + 4, cached + 8, keys], "each chunk over the keys up to its last row's"
     seen_keys.clear()
-    assert torch.equal(sdpa.row_chunked_sdpa(module, query, key, value, None, scaling=0.25)[0],
+    assert torch.equal(sdpa.continued_sdpa(module, query, key, value, None, scaling=0.25)[0],
                        sdpa_attention_forward(module, query, key, value, None, scaling=0.25)[0])  # fmt: skip
     assert seen_keys == [keys], "no mask: one call, as sdpa"
 
 
-def test_row_chunks_give_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(tiny, monkeypatch):
-    from longreach.models.adapter import sdpa
-
-    monkeypatch.setattr(sdpa, "ROWS", 32)
+def test_continued_attention_gives_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(tiny, monkeypatch):
     rows_per_call = []
     original = torch.nn.functional.scaled_dot_product_attention
 
@@ -232,8 +259,8 @@ def test_row_chunks_give_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(t
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     request = Request("word " * 300 + "The pass key is 12345. What is the pass key?", 8)
     stack = parse_stack("none")
-    texts, logits, widest = [], [], []
-    for speedups in (SPEEDUPS, tuple(s for s in SPEEDUPS if s != "row_chunks")):
+    texts, logits, masked_calls = [], [], []
+    for speedups in (SPEEDUPS, tuple(s for s in SPEEDUPS if s != "continued_attention")):
         engine = Engine(tiny, reuse_prefix=True, speedups=speedups)
         engine.generate(Request("word " * 200, 2), stack)  # kept: the first 200 words
         rows_per_call.clear()
@@ -241,10 +268,10 @@ def test_row_chunks_give_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(t
             read = engine.read_prompt(engine.encode(request.prompt), request, stack)
         assert read.reused > 150
         logits.append(read.logits)
-        widest.append(max(rows_per_call))
+        masked_calls.append(len(rows_per_call))
         engine.generate(Request("word " * 200, 2), stack)
         texts.append(engine.generate(request, stack).text)
-    assert widest[0] == 32 and widest[1] > 100, "chunks of ROWS rows with row_chunks, one call without"
+    assert masked_calls[0] == 0 and masked_calls[1] == 2, "split: no sdpa call; without: one a layer"
     torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
     assert texts[0] == texts[1]
     assert tiny.model.config._attn_implementation == "sdpa", "restored"

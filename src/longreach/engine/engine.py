@@ -24,10 +24,11 @@ for the whole answer up front, so a step writes its keys in place instead of cop
 (:func:`~longreach.models.adapter.preallocated`; caches a cache method made are left as they are); and the answer's
 text grows with tokenizers' ``DecodeStream`` (:mod:`.text`) instead of being re-decoded every step. The one host
 read a step is the next id (the end-of-sequence and stop checks need it). A prompt read on top of a cache (a kept
-prefix, a question after its compressed context, a reader's last step) runs its masked attention in chunks of
-query rows (:func:`~longreach.models.adapter.sdpa.row_chunked_sdpa`), so the CPU kernel skips most of the blocks
-the causal mask hides instead of computing them all. Each of the five is named in :data:`SPEEDUPS`;
-``Engine(speedups=())`` reads and decodes as before issue 18 (for before/after measurements).
+prefix, a question after its compressed context, a reader's last step) runs its attention without the mask
+transformers builds for it (:func:`~longreach.models.adapter.sdpa.continued_sdpa`: over the cached keys, then
+causally over its own, merged), so the CPU kernel skips the blocks the causal mask hides instead of computing them
+all. Each of the five is named in :data:`SPEEDUPS`; ``Engine(speedups=())`` reads and decodes as before issue 18
+(for before/after measurements).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class PromptRead:
     compressed_bytes: int
 
 
-SPEEDUPS = ("packed_attention", "packed_linears", "preallocated_cache", "decode_stream", "row_chunks")
+SPEEDUPS = ("packed_attention", "packed_linears", "preallocated_cache", "decode_stream", "continued_attention")
 
 
 class Engine:
@@ -154,11 +155,12 @@ class Engine:
         return PromptRead(logits, cache, reused, compressed_bytes)
 
     def _continue(self, ids: torch.Tensor, cache: Any, start: int) -> tuple[torch.Tensor, Any]:
-        """:func:`adapter.forward` of ``ids`` (1, t) at ``start`` on top of ``cache``; with the ``row_chunks``
-        speedup, a masked attention (any read on top of a cache) runs in row chunks
-        (:func:`~longreach.models.adapter.sdpa.row_chunked_sdpa`), skipping most of the blocks the mask hides."""
+        """:func:`adapter.forward` of ``ids`` (1, t) at ``start`` on top of ``cache``; with the
+        ``continued_attention`` speedup, attention over the cache and the new tokens skips the blocks the causal
+        mask hides (:func:`~longreach.models.adapter.sdpa.continued_sdpa`)."""
         model = self.loaded.model
-        with adapter.row_chunked_attention(model) if "row_chunks" in self.speedups else contextlib.nullcontext():
+        fast = "continued_attention" in self.speedups
+        with adapter.continued_read_attention(model) if fast else contextlib.nullcontext():
             return adapter.forward(model, ids, cache, start)
 
     def _compressed_read(

@@ -62,7 +62,7 @@ from longreach.models.adapter.rope import (
     set_rope_parameters,
     with_rope_parameters,
 )
-from longreach.models.adapter.sdpa import packed_decode_attention, row_chunked_attention
+from longreach.models.adapter.sdpa import continued_read_attention, packed_decode_attention
 
 __all__ = [
     "AttentionCall",
@@ -77,6 +77,7 @@ __all__ = [
     "cache_tensors",
     "causal_lm_from_state_dict",
     "clone_cache",
+    "continued_read_attention",
     "crop_cache",
     "drop_packed",
     "empty_cache",
@@ -106,7 +107,6 @@ __all__ = [
     "rope_parameters",
     "rotary_module",
     "rotate_half",
-    "row_chunked_attention",
     "set_rope_parameters",
     "select_rows",
     "set_layer",

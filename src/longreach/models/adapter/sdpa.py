@@ -12,13 +12,18 @@ per-head reductions over the same keys; the kernel blocks the rows differently, 
 last bit (bf16 outputs were equal in the tests). transformers packs this way itself only when a mask is present.
 
 A read continued on top of a cache (prefix reuse, a question read after its context, a reader's last step) has t
-query rows over n = p + t keys, p of them cached. transformers then hands ``sdpa`` a (b, 1, t, n) bool mask, and
-the CPU kernel, given any mask, computes every (query, key) block, the masked upper triangle included, after
-turning the mask into a (b, 1, t, n) float tensor (4 bytes an entry: 3.8 GB for 29K rows over 33K keys). A read
-from scratch has no mask and takes the causal kernel, which skips the masked half. :func:`row_chunked_sdpa` runs
-such a read in chunks of :data:`ROWS` query rows, each over the keys up to the last one its rows may see: the
-kernel then visits the causal half plus a ROWS-wide diagonal band, and each chunk's float mask is ROWS x n.
-Each query row reduces over the same keys as before (keys a row may not see weigh zero either way).
+query rows at positions p .. p + t - 1 over n = p + t keys, p of them cached. transformers then hands ``sdpa`` a
+(b, 1, t, n) bool mask, and the CPU kernel, given any mask, computes every (query, key) block, the masked upper
+triangle included, after turning the mask into a float tensor of t x n (3.8 GB for 29K rows over 33K keys) that it
+reads again for every head; a read from scratch has no mask and takes the causal kernel, which skips the masked
+half. Seen in a 32K passkey read of SmolLM2 in fp32: 972 s continued from 3.6K kept tokens, 470 s from scratch.
+:func:`continued_sdpa` computes such a read as two kernel calls and no mask, merged by their log-sum-exps
+(:func:`split_causal`): the t queries over the p cached keys (each sees all of them; GQA packed as above), and over
+their own t keys under the causal kernel; softmax over the union is the two partial softmaxes reweighted by
+exp(lse_part - lse_union). The CPU flash kernel returns the log-sum-exp (``_scaled_dot_product_flash_attention_
+for_cpu``; torch has no public call for it), so this form is CPU-only. A mask of another shape (a sliding window,
+padding) or another device runs in chunks of :data:`ROWS` query rows, each over the keys up to the last one its rows
+may see, so the kernel visits about the causal half and each chunk's float mask is ROWS x n.
 
 Everything else (a read from scratch, masked or batched decode steps) is transformers' own ``sdpa``.
 """
@@ -32,8 +37,8 @@ from typing import Any
 import torch
 
 NAME = "longreach_sdpa"
-ROWS_NAME = "longreach_rows"
-ROWS = 1024  # query rows per kernel call in row_chunked_sdpa
+CONTINUED_NAME = "longreach_continued"
+ROWS = 1024  # query rows per kernel call when continued_sdpa chunks a masked read
 
 
 def packed_sdpa(
@@ -95,7 +100,33 @@ def packed_decode_attention(model: Any) -> AbstractContextManager[bool]:
     return sdpa_variant(model, NAME, packed_sdpa)
 
 
-def row_chunked_sdpa(
+def split_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """Causal attention of query (b, h, t, d) at positions n - t .. n - 1 over key/value (b, k, n, d), as the
+    cached part (no mask, query heads packed by KV group) and the new part (the causal kernel) merged by their
+    log-sum-exps; returns (b, t, h, d). CPU only (the kernel that returns the log-sum-exp)."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    batch, heads, rows, _ = query.shape
+    groups, cached = heads // key.shape[1], key.shape[2] - rows
+    packed = query.reshape(batch, key.shape[1], groups * rows, query.shape[3])  # head j reads KV head j // g
+    old, old_lse = flash(packed, key[:, :, :cached], value[:, :, :cached], 0.0, False, scale=scaling)
+    new_key, new_value = (t[:, :, cached:].repeat_interleave(groups, dim=1) for t in (key, value))
+    new, new_lse = flash(query, new_key, new_value, 0.0, True, scale=scaling)  # (b, h, t, dv), (b, h, t)
+    old_lse = old_lse.reshape(batch, heads, rows)
+    lse = torch.logaddexp(old_lse, new_lse)
+    old_weight, new_weight = (old_lse - lse).exp()[..., None], (new_lse - lse).exp()[..., None]
+    merged = old.reshape(new.shape).float() * old_weight + new.float() * new_weight
+    return merged.to(query.dtype).transpose(1, 2).contiguous()
+
+
+def is_causal_continuation(mask: torch.Tensor) -> bool:
+    """Whether the bool mask (b, 1 or h, t, n) lets row i see exactly keys 0 .. n - t + i (no window, no padding)."""
+    rows, keys = mask.shape[-2:]
+    cached = keys - rows
+    triangle = torch.ones(rows, rows, dtype=torch.bool, device=mask.device).tril()
+    return bool(mask[..., :cached].all()) and bool((mask[..., cached:] == triangle).all())
+
+
+def continued_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -106,8 +137,9 @@ def row_chunked_sdpa(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query (b, h, t, d), key/value (b, k, n, d), bool mask
-    (b, 1 or h, t, n); returns (b, t, h, d). More than :data:`ROWS` rows under a bool mask run ROWS rows at a
-    time, each chunk over keys ``[0, e)``, e one past the last key any of its rows sees; the rest is ``sdpa``."""
+    (b, 1 or h, t, n); returns (b, t, h, d). A causal read continued on a cache runs as :func:`split_causal` on
+    the CPU; another bool mask over more than :data:`ROWS` rows runs ROWS rows at a time, each chunk over keys
+    ``[0, e)``, e one past the last key any of its rows sees; the rest is ``sdpa``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def attend(rows: slice, keys: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -117,7 +149,12 @@ def row_chunked_sdpa(
         )[0]  # fmt: skip
 
     rows = query.shape[2]
-    if attention_mask is None or attention_mask.dtype != torch.bool or rows <= ROWS or dropout != 0.0:
+    plain = dropout == 0.0 and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None
+    if attention_mask is None or attention_mask.dtype != torch.bool or rows == 1 or not plain:
+        return attend(slice(None), key.shape[2], attention_mask), None
+    if query.device.type == "cpu" and key.shape[2] > rows and is_causal_continuation(attention_mask):
+        return split_causal(query, key, value, scaling), None
+    if rows <= ROWS:
         return attend(slice(None), key.shape[2], attention_mask), None
     parts = []
     for start in range(0, rows, ROWS):
@@ -128,7 +165,7 @@ def row_chunked_sdpa(
     return torch.cat(parts, dim=1), None
 
 
-def row_chunked_attention(model: Any) -> AbstractContextManager[bool]:
-    """Run ``model``'s ``sdpa`` attention as :func:`row_chunked_sdpa` for the block (restored after); yields whether
+def continued_read_attention(model: Any) -> AbstractContextManager[bool]:
+    """Run ``model``'s ``sdpa`` attention as :func:`continued_sdpa` for the block (restored after); yields whether
     it applied (models on another attention implementation are left as they are)."""
-    return sdpa_variant(model, ROWS_NAME, row_chunked_sdpa)
+    return sdpa_variant(model, CONTINUED_NAME, continued_sdpa)

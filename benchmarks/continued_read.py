@@ -1,15 +1,16 @@
-"""A read continued on top of a kept prefix: the masked attention in row chunks against one masked call.
+"""A read continued on top of a kept prefix: the engine's split attention against transformers' one masked call.
 
 With ``reuse_prefix`` (every study stage that sets it) a sample whose prompt starts like the last one continues
 the kept cache: t new tokens over n = p + t keys. transformers gives ``sdpa`` a (t, n) bool mask for that read, and
 the CPU kernel then computes every block (none skipped as in a causal read from scratch) after making a t x n
-float mask. The engine's ``row_chunks`` speedup (``longreach.models.adapter.sdpa.row_chunked_sdpa``) runs the rows
-in chunks of 1024, each over the keys up to its last visible one. This script reads one passkey prompt three ways,
-interleaved: from scratch (no kept prefix), continued with ``row_chunks`` off ("masked") and on ("chunks"), and
-reports prefill seconds (medians, 95% bootstrap CIs), the per-repeat ratio chunks / masked, the answers, and each
-way's peak RSS in a child process of its own. SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to ``--dtype``).
+float mask. The engine's ``continued_attention`` speedup (``longreach.models.adapter.sdpa.continued_sdpa``) runs
+it as the new queries over the cached keys without a mask plus over their own keys under the causal kernel,
+merged by log-sum-exp. This script reads one passkey prompt three ways, interleaved: from scratch (no kept
+prefix), continued with ``continued_attention`` off ("masked") and on ("split"), and reports prefill seconds
+(medians, 95% bootstrap CIs), the per-repeat ratio split / masked, the answers, and each way's peak RSS in a child
+process of its own. SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to ``--dtype``).
 
-Run it alone: ``PYTHONPATH=src python benchmarks/row_chunks.py`` (about 8 minutes at 8K in fp32 on 2 cores).
+Run it alone: ``PYTHONPATH=src python benchmarks/continued_read.py`` (about 14 minutes at 8K in fp32 on 2 cores).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from longreach.results.provenance import current
 from longreach.tasks import parse_task
 
 ROOT = Path(__file__).resolve().parents[1]
-WAYS = ("scratch", "masked", "chunks")
+WAYS = ("scratch", "masked", "split")
 
 
 def prompts(tokenizer: object, length: int, kept: float) -> tuple[str, str]:
@@ -44,7 +45,7 @@ def prompts(tokenizer: object, length: int, kept: float) -> tuple[str, str]:
 
 def read(loaded: object, way: str, prompt: str, prefix: str) -> tuple[float, int, str]:
     """(prefill seconds, reused tokens, answer) of ``prompt`` read ``way``."""
-    speedups = SPEEDUPS if way == "chunks" else tuple(s for s in SPEEDUPS if s != "row_chunks")
+    speedups = SPEEDUPS if way == "split" else tuple(s for s in SPEEDUPS if s != "continued_attention")
     engine = Engine(loaded, reuse_prefix=way != "scratch", speedups=speedups)
     stack = parse_stack("none")
     if way != "scratch":
@@ -64,7 +65,7 @@ def peak_rss_mb(way: str, args: argparse.Namespace) -> float:
 def measure(args: argparse.Namespace) -> dict:
     loaded = load_model("smollm2-135m", dtype=args.dtype)
     prompt, prefix = prompts(loaded.tokenizer, args.length, args.kept)
-    read(loaded, "chunks", prompt[:2000], prompt[:1000])  # warm-up
+    read(loaded, "split", prompt[:2000], prompt[:1000])  # warm-up
     runs: dict[str, list] = {way: [] for way in WAYS}
     answers: dict[str, list] = {way: [] for way in WAYS}
     reused: dict[str, int] = {}
@@ -75,7 +76,7 @@ def measure(args: argparse.Namespace) -> dict:
             runs[way].append(seconds)
             answers[way].append(text)
             print(f"repeat {repeat}: {way} {seconds:.1f} s, {reused[way]} tokens reused", flush=True)
-        ratios.append(runs["chunks"][-1] / runs["masked"][-1])
+        ratios.append(runs["split"][-1] / runs["masked"][-1])
     rss = {way: peak_rss_mb(way, args) for way in WAYS}
     return {
         "prompt_tokens": len(loaded.tokenizer(prompt)["input_ids"]),
@@ -100,7 +101,7 @@ def report(result: dict) -> str:
     return (
         "\n".join(
             [
-                "# A read continued on top of a kept prefix: row chunks against one masked call",
+                "# A read continued on top of a kept prefix: split attention against one masked call",
                 "",
                 f"`{result['command']}`; {p['machine']}, CPU {p['cpu']}, flags {p['cpu_flags']}; torch "
                 f"{p['torch_version']}, transformers {p['transformers_version']}, {p['torch_threads']} threads; code "
@@ -115,7 +116,7 @@ def report(result: dict) -> str:
                 "|---|---|---|---|---|",
                 *rows,
                 "",
-                f"chunks / masked, per repeat: {ratio['median']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]; "
+                f"split / masked, per repeat: {ratio['median']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]; "
                 f"the same answer every way and repeat: {same}.",
             ]
         )
@@ -130,7 +131,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/row_chunks")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/continued_read")
     args = parser.parse_args()
     if args.child:
         loaded = load_model("smollm2-135m", dtype=args.dtype)
@@ -140,7 +141,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     runs = measure(args)
     result = {
-        "command": f"python benchmarks/row_chunks.py --length {args.length} --kept {args.kept} --repeats "
+        "command": f"python benchmarks/continued_read.py --length {args.length} --kept {args.kept} --repeats "
         f"{args.repeats} --dtype {args.dtype}",
         "started": started,
         "ended": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
