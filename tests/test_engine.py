@@ -179,11 +179,13 @@ def test_packed_decode_attention_is_restored_and_skips_other_implementations(tin
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_split_causal_matches_sdpa_under_the_continuation_mask(dtype, groups):
+def test_split_causal_matches_sdpa_under_the_continuation_mask(dtype, groups, monkeypatch):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from longreach.models.adapter import sdpa
     from longreach.models.adapter.sdpa import continued_sdpa, is_causal_continuation, split_causal
 
+    monkeypatch.setattr(sdpa, "ROWS", 4)  # the mask is checked 4 rows at a time
     module = torch.nn.Module()
     module.num_key_value_groups = groups
     generator = torch.Generator().manual_seed(0)
@@ -203,6 +205,9 @@ def test_split_causal_matches_sdpa_under_the_continuation_mask(dtype, groups):
     padded = mask.clone()
     padded[..., 0] = False
     assert not is_causal_continuation(padded), "nor a padded row"
+    late = mask.clone()
+    late[..., 21, -1] = True
+    assert not is_causal_continuation(late), "nor a row that sees a later key (in the last block of rows)"
 
 
 @pytest.mark.parametrize("window", [None, 7])
