@@ -1,4 +1,5 @@
-"""transformers' ``sdpa`` attention with single-query steps of grouped-query models packed by KV group.
+"""transformers' ``sdpa`` attention, faster in two cases: single-query steps of grouped-query models (packed by KV
+group) and reads continued on a cache (split in two calls without the mask).
 
 Ein legend: b batch, h query heads, k KV heads, g = h / k query heads per KV head, n keys, d head dim.
 
