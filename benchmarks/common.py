@@ -23,3 +23,14 @@ def write_outputs(out: Path, result: dict, markdown: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown)
+
+
+def provenance_line(result: dict) -> str:
+    """The report's line saying what ran where: command, machine, CPU and flags, torch and transformers, threads,
+    code and the UTC start and end (``result`` holds ``command``, ``started``, ``ended`` and ``provenance``)."""
+    p = result["provenance"]
+    return (
+        f"`{result['command']}`; {p['machine']}, CPU {p['cpu']}, flags {p['cpu_flags']}; torch {p['torch_version']}, "
+        f"transformers {p['transformers_version']}, {p['torch_threads']} threads; code {p['git_sha']}; "
+        f"{result['started']} to {result['ended']} UTC."
+    )

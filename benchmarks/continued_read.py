@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import median_ci, write_outputs
+from common import median_ci, provenance_line, write_outputs
 
 from longreach.engine import SPEEDUPS, Engine
 from longreach.generation import Request
@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def report(result: dict) -> str:
-    p, r = result["provenance"], result["runs"]
+    r = result["runs"]
     cells = {way: median_ci(r["seconds"][way]) for way in WAYS}
     ratio = median_ci(r["ratio"])
     rows = [
@@ -103,9 +103,7 @@ def report(result: dict) -> str:
             [
                 "# A read continued on top of a kept prefix: split attention against one masked call",
                 "",
-                f"`{result['command']}`; {p['machine']}, CPU {p['cpu']}, flags {p['cpu_flags']}; torch "
-                f"{p['torch_version']}, transformers {p['transformers_version']}, {p['torch_threads']} threads; code "
-                f"{p['git_sha']}; {result['started']} to {result['ended']} UTC.",
+                provenance_line(result),
                 "",
                 f"{result['model']} in {result['dtype']}; one passkey prompt of {r['prompt_tokens']} tokens (needle "
                 f"at depth 0.9), read from scratch or continued from a kept read of its first {result['kept']:.0%} "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import median_ci, write_outputs
+from common import median_ci, provenance_line, write_outputs
 
 import longreach.train.shared_context as shared_context
 from longreach.models import load_model
@@ -94,7 +94,7 @@ def measure(pairs: int, length: int, dtype: str, answer: int) -> dict:
 
 
 def report(result: dict) -> str:
-    p, r = result["provenance"], result["pairs"]
+    r = result["pairs"]
     cells = {name: median_ci(r[name]) for name in ("mask", "split", "one", "ratio")}
     fmt = {name: f"{c['median']:.1f} [{c['low']:.1f}, {c['high']:.1f}]" for name, c in cells.items()}
     ratio, context = cells["ratio"], result["length"] - result["answer"]
@@ -103,9 +103,7 @@ def report(result: dict) -> str:
             [
                 "# LongPO's policy pass: split attention against one mask",
                 "",
-                f"`{result['command']}`; {p['machine']}, CPU {p['cpu']}, flags {p['cpu_flags']}; torch "
-                f"{p['torch_version']}, transformers {p['transformers_version']}, {p['torch_threads']} threads; code "
-                f"{p['git_sha']}; {result['started']} to {result['ended']} UTC.",
+                provenance_line(result),
                 "",
                 f"{result['model']} in {result['dtype']}, LoRA r=16; a context of {context} "
                 f"tokens and 2 answers of {result['answer']}; seconds of one forward and backward, medians [95% "

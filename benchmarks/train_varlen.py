@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import median_ci, write_outputs
+from common import median_ci, provenance_line, write_outputs
 
 import longreach.train.recipe as recipe_module
 from longreach.models import load_model
@@ -99,13 +99,10 @@ def measure(model_name: str, name: str, rows: int, length: int, dtype: str) -> d
 
 
 def report(result: dict) -> str:
-    p = result["provenance"]
     lines = [
         "# Document-masked training rows: one pass under the mask against one causal pass per document",
         "",
-        f"`{result['command']}`; {p['machine']}, CPU {p['cpu']}, flags {p['cpu_flags']}; torch {p['torch_version']},"
-        f" transformers {p['transformers_version']}, {p['torch_threads']} threads; code {p['git_sha']}; "
-        f"{result['started']} to {result['ended']} UTC.",
+        provenance_line(result),
         "",
         f"{result['model']} in {result['dtype']}, LoRA r=16, rows of {result['length']} "
         "tokens from the study's data; one forward and backward of the recipe's loss per row, mask then pieces on "
