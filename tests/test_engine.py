@@ -254,29 +254,39 @@ def test_continued_sdpa_chunks_rows_under_another_mask(window, monkeypatch):
 
 
 def test_continued_attention_gives_the_logits_of_one_masked_read_on_top_of_a_kept_prefix(tiny, monkeypatch):
-    rows_per_call = []
-    original = torch.nn.functional.scaled_dot_product_attention
+    from longreach.models.adapter import sdpa
+
+    rows_per_call, masks_checked = [], []
+    original, check = torch.nn.functional.scaled_dot_product_attention, sdpa.is_causal_continuation
 
     def spy(query, *args, **kwargs):
         rows_per_call.append(query.shape[2])
         return original(query, *args, **kwargs)
 
+    def counted_check(mask):
+        masks_checked.append(id(mask))
+        return check(mask)
+
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(sdpa, "is_causal_continuation", counted_check)
     request = Request("word " * 300 + "The pass key is 12345. What is the pass key?", 8)
     stack = parse_stack("none")
-    texts, logits, masked_calls = [], [], []
+    texts, logits, masked_calls, checks = [], [], [], []
     for speedups in (SPEEDUPS, tuple(s for s in SPEEDUPS if s != "continued_attention")):
         engine = Engine(tiny, reuse_prefix=True, speedups=speedups)
         engine.generate(Request("word " * 200, 2), stack)  # kept: the first 200 words
         rows_per_call.clear()
+        masks_checked.clear()
         with torch.inference_mode(), stack.applied(tiny):
             read = engine.read_prompt(engine.encode(request.prompt), request, stack)
         assert read.reused > 150
         logits.append(read.logits)
         masked_calls.append(len(rows_per_call))
+        checks.append(len(masks_checked))
         engine.generate(Request("word " * 200, 2), stack)
         texts.append(engine.generate(request, stack).text)
     assert masked_calls[0] == 0 and masked_calls[1] == 2, "split: no sdpa call; without: one a layer"
+    assert checks == [1, 0], "the one forward's mask is checked once, not once a layer (2 layers)"
     torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
     assert texts[0] == texts[1]
     assert tiny.model.config._attn_implementation == "sdpa", "restored"
