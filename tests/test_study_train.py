@@ -152,9 +152,11 @@ def test_the_training_table_compares_the_first_fifth_of_the_losses_with_the_last
     study = load_study(write(tmp_path))
     out = tmp_path / "out"
     record = {"recipe": "abf:theta=40000", "steps": 10, "tokens": 2560, "train_seconds": 5.0, "tokens_per_s": 512.0,
-              "peak_rss_mb": 300.0, "losses": [1.0, 7.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0]}  # fmt: skip
+              "peak_rss_mb": 300.0, "losses": [1.0, 7.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0],
+              "provenance": {"cpu": "Some Xeon"}}  # fmt: skip
     trained_dir(out, "abf").mkdir(parents=True)
     (trained_dir(out, "abf") / "train.json").write_text(json.dumps(record))
     table = training_table(study, out)
-    assert table.rows[0][-1] == "4.000 -> 1.500", "a noisy first step alone would read 1.000 -> 1.500"
+    assert table.rows[0][-2] == "4.000 -> 1.500", "a noisy first step alone would read 1.000 -> 1.500"
+    assert table.rows[0][-1] == "Some Xeon", "rows trained on different machines are told apart"
     assert table.rows[1][3] == "not trained"

@@ -187,10 +187,7 @@ def report_study(
     extra: dict[str, Any] = {"study": study.source}
     trained = training_table(study, out)
     if trained is not None:
-        extra["training"] = {
-            name: {k: v for k, v in record.items() if k != "provenance"}
-            for name, record in training_records(study, out).items()
-        }
+        extra["training"] = training_records(study, out)
     return render_report(
         folders,
         out=report_out or out,

@@ -74,7 +74,8 @@ def training_records(study: Study, out: Path) -> dict[str, dict[str, Any]]:
 
 
 def training_table(study: Study, out: Path) -> Table | None:
-    """One row per trained model: recipe, length, steps, tokens, wall time, tokens/s, peak RSS and loss."""
+    """One row per trained model: recipe, length, steps, tokens, wall time, tokens/s, peak RSS, loss and the CPU it
+    was trained on (a model trained again after its weights were lost may have run on another machine than the rest)."""
     if not study.trained:
         return None
     records = training_records(study, out)
@@ -82,7 +83,7 @@ def training_table(study: Study, out: Path) -> Table | None:
     for model in study.trained:
         record = records.get(model.name)
         if record is None:
-            rows.append([model.name, model.recipe, str(model.length), "not trained", "-", "-", "-", "-", "-"])
+            rows.append([model.name, model.recipe, str(model.length), "not trained", "-", "-", "-", "-", "-", "-"])
             continue
         losses = record["losses"]
         fifth = max(1, len(losses) // 5)  # a fifth of the steps on each side: single steps are noisy (mixed data)
@@ -96,6 +97,7 @@ def training_table(study: Study, out: Path) -> Table | None:
             f"{record['tokens_per_s']:.0f}",
             f"{record['peak_rss_mb']:.0f}",
             f"{statistics.fmean(losses[:fifth]):.3f} -> {statistics.fmean(losses[-fifth:]):.3f}" if losses else "-",
+            record.get("provenance", {}).get("cpu", "not recorded"),
         ])  # fmt: skip
     return Table(
         f"Study {study.name}: trained models",
@@ -109,6 +111,7 @@ def training_table(study: Study, out: Path) -> Table | None:
             "tokens/s",
             "peak RSS (MiB)",
             "loss (mean of the first fifth of the steps -> the last fifth)",
+            "CPU",
         ],  # fmt: skip
         rows,
         f"Trained from {study.model} (dtype {study.dtype}) with `longreach train`, each into {TRAIN_DIR}/NAME; "
